@@ -1,0 +1,1 @@
+"""Loopline: the retraining loop library (no Airflow imports here)."""

@@ -1,0 +1,264 @@
+"""The one typed configuration of Loopline, and where its state lives.
+
+A config file (YAML) describes one tabular binary-classification dataset and how the loop treats it. It is
+found, in order, from an explicit path, ``$LOOPLINE_CONFIG``, or ``loopline.yaml`` in the working directory.
+All state lives under ``$LOOPLINE_HOME`` (default ``.loopline/`` in the working directory); see ``Paths``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_CONFIG_FILE = "loopline.yaml"
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file, the key and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Strict):
+    """Where batches land: a folder of one file per batch (``<batch>.<format>``) or one file batched by time."""
+
+    path: str = Field(description="File or folder, relative to the landing zone (absolute paths must lie in it).")
+    format: Literal["csv", "parquet"] = "csv"
+
+
+class DatasetConfig(_Strict):
+    """The table: its columns and their roles."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
+    source: SourceConfig
+    id_column: str
+    time_column: str | None = None
+    target: str
+    positive_class: str | int | bool = 1
+    numeric_features: list[str] | Literal["infer"] = "infer"
+    categorical_features: list[str] | Literal["infer"] = "infer"
+    expectation_suite: str | None = Field(
+        default=None, description="GE suite JSON; default expectations/<name>.json next to the config."
+    )
+    max_batch_rows: int = Field(default=5_000_000, gt=0)
+
+
+class BatchingConfig(_Strict):
+    """How the stream of rows is cut into batches (one lake partition each)."""
+
+    by: Literal["month", "week", "day", "rows"] = "month"
+    rows_per_batch: int = Field(default=100_000, gt=0)
+    schedule: str | None = Field(
+        default=None, description="Cron or preset for loopline_ingest; null: runs are triggered per batch."
+    )
+
+
+class TrainingConfig(_Strict):
+    """The training window and XGBoost's hyperparameters (each overridable in the trigger form)."""
+
+    window_batches: int = Field(default=3, ge=1, description="Batches in the training window, holdout included.")
+    holdout_fraction: float = Field(
+        default=0.3, gt=0, lt=1, description="Latest share (by event time) of the newest batch kept for evaluation."
+    )
+    num_boost_round: int = Field(default=200, ge=1)
+    max_depth: int = Field(default=4, ge=1, le=16)
+    learning_rate: float = Field(default=0.1, gt=0, le=1)
+    min_child_weight: float = Field(default=1.0, ge=0)
+    subsample: float = Field(default=0.9, gt=0, le=1)
+    colsample_bytree: float = Field(default=0.9, gt=0, le=1)
+    reg_lambda: float = Field(default=1.0, ge=0)
+    class_weight: Literal["none", "balanced"] = Field(
+        default="none", description="balanced sets scale_pos_weight to negatives/positives (scores less calibrated)."
+    )
+    seed: int = 42
+
+
+class GateConfig(_Strict):
+    """When a challenger may become champion."""
+
+    min_roc_auc: float = Field(default=0.6, ge=0, le=1)
+    min_pr_auc: float = Field(default=0.0, ge=0, le=1)
+    min_improvement: float = Field(default=0.0, description="Challenger AUC minus champion AUC must reach this.")
+    decision_threshold: float = Field(default=0.5, gt=0, lt=1)
+    bootstrap_rounds: int = Field(default=200, ge=0)
+    bootstrap_lower_bound: float = Field(
+        default=-0.005, description="The 5th percentile of the paired AUC difference must lie above this."
+    )
+
+
+class DriftConfig(_Strict):
+    """When a batch counts as drifted, and how often the loop may retrain."""
+
+    bins: int = Field(default=10, ge=2, le=100)
+    psi_warning: float = Field(default=0.1, gt=0)
+    psi_critical: float = Field(default=0.25, gt=0)
+    drift_share: float = Field(default=0.3, gt=0, le=1, description="Share of features drifted for dataset drift.")
+    min_rows: int = Field(default=500, ge=1, description="Below this the verdict is insufficient_data.")
+    retrain_on: Literal["warning", "critical"] = "critical"
+    cooldown_batches: int = Field(default=2, ge=0, description="Batches after a retrain request with no new one.")
+    auto_retrain: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftConfig:
+        if self.psi_critical <= self.psi_warning:
+            raise ValueError("drift.psi_critical must be greater than drift.psi_warning")
+        return self
+
+
+class AlertsConfig(_Strict):
+    """Where drift alerts go; the local alert log is always written."""
+
+    webhook_url: str | None = None
+    email_to: list[str] = Field(default_factory=list)
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    email_from: str = "loopline@localhost"
+    runbook_url: str = "docs/runbook.md"
+
+
+class RegistryConfig(_Strict):
+    """MLflow: where runs and models go. Tracking URI defaults to SQLite under LOOPLINE_HOME."""
+
+    model_name: str | None = Field(default=None, description="Registered model name; default <dataset>_classifier.")
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+class LooplineConfig(_Strict):
+    """The whole configuration of one dataset's loop."""
+
+    dataset: DatasetConfig
+    batching: BatchingConfig = BatchingConfig()
+    training: TrainingConfig = TrainingConfig()
+    gate: GateConfig = GateConfig()
+    drift: DriftConfig = DriftConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    registry: RegistryConfig = RegistryConfig()
+    config_path: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _time_column_for_time_batches(self) -> LooplineConfig:
+        if self.batching.by != "rows" and not self.dataset.time_column:
+            raise ValueError(
+                f"batching.by is {self.batching.by!r} but dataset.time_column is not set: "
+                "set dataset.time_column or use batching.by: rows"
+            )
+        return self
+
+    @property
+    def model_name(self) -> str:
+        return self.registry.model_name or f"{self.dataset.name}_classifier"
+
+    @property
+    def experiment_name(self) -> str:
+        return self.registry.experiment or f"loopline/{self.dataset.name}"
+
+    def suite_path(self) -> Path:
+        """The Great Expectations suite file of this dataset."""
+        base = self.config_path.parent if self.config_path else Path.cwd()
+        if self.dataset.expectation_suite:
+            return (base / self.dataset.expectation_suite).resolve()
+        return (base / "expectations" / f"{self.dataset.name}.json").resolve()
+
+
+def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """The config file to use: the argument, then $LOOPLINE_CONFIG, then ./loopline.yaml."""
+    chosen = path or os.environ.get("LOOPLINE_CONFIG") or DEFAULT_CONFIG_FILE
+    return Path(chosen).expanduser().resolve()
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> LooplineConfig:
+    """Read and validate a config file; errors name the file, the key and what to change."""
+    file = resolve_config_path(path)
+    if not file.is_file():
+        raise ConfigError(f"{file}: config file not found (pass --config FILE or set LOOPLINE_CONFIG)")
+    try:
+        raw: Any = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return LooplineConfig.model_validate({**raw, "config_path": file})
+    except ValidationError as exc:
+        raise ConfigError(f"{file}: invalid config:\n{_describe(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  - {key}: unknown key (remove it or check its spelling)")
+        elif err["type"] == "missing":
+            lines.append(f"  - {key}: required key is missing")
+        else:
+            lines.append(f"  - {key}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every folder Loopline writes, all under one home."""
+
+    home: Path
+
+    @classmethod
+    def from_env(cls) -> Paths:
+        """$LOOPLINE_HOME, or .loopline in the working directory."""
+        return cls(Path(os.environ.get("LOOPLINE_HOME", ".loopline")).expanduser().resolve())
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.mlflow_dir / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.mlflow_dir / "artifacts"
+
+    @property
+    def landing(self) -> Path:
+        return self.home / "landing"
+
+    @property
+    def lake(self) -> Path:
+        return self.home / "lake"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def reports(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def state(self) -> Path:
+        return self.home / "state"
+
+    @property
+    def alert_log(self) -> Path:
+        return self.state / "alerts.jsonl"
+
+    @property
+    def demo(self) -> Path:
+        return self.home / "demo"
+
+    def tracking_uri(self, config: LooplineConfig) -> str:
+        """The MLflow tracking URI: the config's, else SQLite under the home."""
+        return config.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow_db}"

@@ -1,0 +1,143 @@
+"""Evaluation: the same metrics for every model, and the gate that decides whether a challenger is promoted.
+
+Metric names are fixed (``roc_auc``, ``pr_auc``, ``log_loss``, ``brier``, ``precision``, ``recall``, ``f1``) so
+that runs compare side by side in the MLflow UI. Every rule of the gate is reported with its value, its
+threshold and its verdict; the decision's ``reason`` is one line a reviewer can read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    f1_score,
+    log_loss,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from ml.config import GateConfig
+
+METRIC_NAMES = ("roc_auc", "pr_auc", "log_loss", "brier", "precision", "recall", "f1")
+
+
+def classification_metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """All gate metrics of ``scores`` against labels ``y`` (0/1)."""
+    y = np.asarray(y, dtype=int)
+    scores = np.clip(np.asarray(scores, dtype=float), 1e-7, 1 - 1e-7)
+    predicted = (scores >= threshold).astype(int)
+    both_classes = 0 < y.sum() < len(y)
+    return {
+        "roc_auc": float(roc_auc_score(y, scores)) if both_classes else float("nan"),
+        "pr_auc": float(average_precision_score(y, scores)) if both_classes else float("nan"),
+        "log_loss": float(log_loss(y, scores, labels=[0, 1])),
+        "brier": float(brier_score_loss(y, scores)),
+        "precision": float(precision_score(y, predicted, zero_division=0)),
+        "recall": float(recall_score(y, predicted, zero_division=0)),
+        "f1": float(f1_score(y, predicted, zero_division=0)),
+        "rows": float(len(y)),
+        "positive_rate": float(y.mean()) if len(y) else float("nan"),
+    }
+
+
+def _fast_auc(y: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC by ranks (ties averaged), vectorised for the bootstrap."""
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    average = first + (counts - 1) / 2.0 + 1
+    ranks[order] = np.repeat(average, counts)
+    positives = y.sum()
+    negatives = len(y) - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def paired_bootstrap_auc_difference(
+    y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, rounds: int, seed: int = 0
+) -> tuple[float, float, float]:
+    """The AUC difference challenger - champion on resamples of the same rows: (mean, 5th, 95th percentile)."""
+    y = np.asarray(y, dtype=int)
+    rng = np.random.default_rng(seed)
+    differences = []
+    for _ in range(rounds):
+        pick = rng.integers(0, len(y), len(y))
+        differences.append(_fast_auc(y[pick], challenger[pick]) - _fast_auc(y[pick], champion[pick]))
+    values = np.asarray([d for d in differences if d == d])
+    if values.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    return float(values.mean()), float(np.percentile(values, 5)), float(np.percentile(values, 95))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule of the promotion gate."""
+
+    name: str
+    value: float | None
+    threshold: float
+    passed: bool
+
+
+@dataclass
+class Decision:
+    """Promote or not, with every rule and a one-line reason."""
+
+    promote: bool
+    reason: str
+    rules: list[Rule] = field(default_factory=list)
+    challenger: dict[str, float] = field(default_factory=dict)
+    champion: dict[str, float] | None = None
+    champion_version: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decide(
+    y: np.ndarray,
+    challenger_scores: np.ndarray,
+    champion_scores: np.ndarray | None,
+    gate: GateConfig,
+    champion_version: str | None = None,
+) -> Decision:
+    """Apply the promotion gate to two models scored on the same holdout (no champion: minimums only)."""
+    challenger = classification_metrics(y, challenger_scores, gate.decision_threshold)
+    rules = [
+        Rule("min_roc_auc", challenger["roc_auc"], gate.min_roc_auc, challenger["roc_auc"] >= gate.min_roc_auc),
+        Rule("min_pr_auc", challenger["pr_auc"], gate.min_pr_auc, challenger["pr_auc"] >= gate.min_pr_auc),
+    ]
+    champion = None
+    if champion_scores is not None:
+        champion = classification_metrics(y, champion_scores, gate.decision_threshold)
+        improvement = challenger["roc_auc"] - champion["roc_auc"]
+        rules.append(Rule("min_improvement", improvement, gate.min_improvement, improvement >= gate.min_improvement))
+        if gate.bootstrap_rounds:
+            _, low, _ = paired_bootstrap_auc_difference(
+                np.asarray(y), np.asarray(challenger_scores), np.asarray(champion_scores), gate.bootstrap_rounds
+            )
+            rules.append(Rule("bootstrap_auc_diff_p05", low, gate.bootstrap_lower_bound, low > gate.bootstrap_lower_bound))
+    failed = [rule for rule in rules if not rule.passed]
+    if failed:
+        reason = "rejected: " + "; ".join(
+            f"{rule.name} {_fmt(rule.value)} below {rule.threshold:g}" for rule in failed
+        )
+    elif champion is None:
+        reason = f"promoted: first model, roc_auc {challenger['roc_auc']:.4f} meets the minimums"
+    else:
+        reason = (
+            f"promoted: roc_auc {challenger['roc_auc']:.4f} vs champion v{champion_version} "
+            f"{champion['roc_auc']:.4f} (+{challenger['roc_auc'] - champion['roc_auc']:.4f})"
+        )
+    return Decision(not failed, reason, rules, challenger, champion, champion_version)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{value:.4f}"

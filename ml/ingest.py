@@ -1,0 +1,220 @@
+"""From a landed file to a clean batch: find it, read it, enforce the schema, drop duplicate ids.
+
+Every problem with the data raises ``BatchRejected`` with a message that names the file, the column, the rows
+and the fix; the caller quarantines the batch. Nothing here writes to the lake.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ml.batches import row_range_of, window_of
+from ml.config import LooplineConfig, Paths
+from ml.features import resolve_features
+
+_MAX_EXAMPLES = 5
+
+
+class BatchRejected(ValueError):
+    """A batch that must not enter the lake; ``problems`` lists each reason."""
+
+    def __init__(self, source: Path | str, problems: list[str]) -> None:
+        self.source = str(source)
+        self.problems = problems
+        super().__init__(f"{source}: batch rejected:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass
+class CleanBatch:
+    """A batch ready for the quality gate and the lake, with what was done to it."""
+
+    batch: str
+    source: Path
+    frame: pd.DataFrame
+    rows_read: int
+    duplicates_dropped: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def landing_path(config: LooplineConfig, paths: Paths, batch: str) -> Path:
+    """The landed file that holds ``batch``; refuses any path outside the landing zone."""
+    landing = paths.landing.resolve()
+    base = (landing / config.dataset.source.path).resolve()
+    if not base.is_relative_to(landing):
+        raise BatchRejected(
+            base, [f"dataset.source.path resolves outside the landing zone {landing}: move the data into it"]
+        )
+    if base.is_dir() or not base.suffix:
+        candidate = (base / f"{batch}.{config.dataset.source.format}").resolve()
+        if not candidate.is_relative_to(landing):
+            raise BatchRejected(candidate, [f"batch file resolves outside the landing zone {landing}"])
+        return candidate
+    return base
+
+
+def read_source(path: Path, file_format: str) -> pd.DataFrame:
+    """Read a landed CSV or Parquet file; unreadable files raise BatchRejected saying why."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such batch file in the landing zone (has the batch landed yet?)")
+    if path.stat().st_size == 0:
+        raise BatchRejected(path, ["the file is empty (0 bytes): re-export the batch"])
+    try:
+        if file_format == "csv":
+            frame = pd.read_csv(path, dtype_backend="numpy_nullable", on_bad_lines="error", low_memory=False)
+            frame = frame.convert_dtypes(dtype_backend="numpy_nullable")
+        else:
+            frame = pq.read_table(path).to_pandas()
+    except pd.errors.EmptyDataError:
+        raise BatchRejected(path, ["the file has no header and no rows: re-export the batch"]) from None
+    except pd.errors.ParserError as exc:
+        raise BatchRejected(path, [f"malformed CSV: {exc} (fix or re-export that line)"]) from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise BatchRejected(path, [f"not a readable Parquet file: {exc} (re-export the batch)"]) from None
+    if frame.empty:
+        raise BatchRejected(path, ["the file has a header but no rows: re-export the batch"])
+    return frame
+
+
+def clean_batch(
+    config: LooplineConfig, frame: pd.DataFrame, batch: str, source: Path, known_ids: set[object] | None = None
+) -> CleanBatch:
+    """Enforce the schema on a landed frame and keep the rows of ``batch`` only, each id once."""
+    dataset = config.dataset
+    rows_read = len(frame)
+    problems: list[str] = []
+    warnings: list[str] = []
+    if rows_read > dataset.max_batch_rows:
+        raise BatchRejected(
+            source,
+            [f"{rows_read} rows exceed dataset.max_batch_rows={dataset.max_batch_rows}: split the batch or raise the limit"],
+        )
+    spec = resolve_features(config, frame.columns, frame.dtypes)
+    required = [dataset.id_column, dataset.target, *spec.columns]
+    if dataset.time_column:
+        required.append(dataset.time_column)
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        problems.append(
+            f"missing required column(s) {', '.join(missing)}: restore them in the export, "
+            "or remove them from dataset.*_features in the config"
+        )
+        raise BatchRejected(source, problems)
+    extra = [c for c in frame.columns if c not in required]
+    if extra:
+        warnings.append(f"dropped unexpected column(s) {', '.join(extra)} (add them to the config to use them)")
+
+    out = pd.DataFrame(index=frame.index)
+    out[dataset.id_column] = frame[dataset.id_column].astype("object").where(frame[dataset.id_column].notna(), None)
+    null_ids = out[dataset.id_column].isna()
+    if null_ids.any():
+        problems.append(f"column {dataset.id_column}: {int(null_ids.sum())} empty id(s) at {_rows(null_ids)}")
+    if dataset.time_column:
+        out[dataset.time_column], problem = _parse_time(frame[dataset.time_column], dataset.time_column)
+        if problem:
+            problems.append(problem)
+    for column in spec.numeric:
+        out[column], problem = _parse_numeric(frame[column], column)
+        if problem:
+            problems.append(problem)
+    for column in spec.categorical:
+        values = frame[column].astype("object")
+        out[column] = values.where(values.notna(), None).map(lambda v: None if v is None else str(v))
+    out[dataset.target], problem = _parse_target(frame[dataset.target], dataset.target, dataset.positive_class)
+    if problem:
+        problems.append(problem)
+    for column in spec.columns:
+        if out[column].isna().all():
+            problems.append(f"column {column}: every value is empty (check the export)")
+    if problems:
+        raise BatchRejected(source, problems)
+
+    out = _rows_of_batch(config, out, batch, source, whole_file=source.stem == batch)
+    before = len(out)
+    out = out.drop_duplicates(subset=[dataset.id_column], keep="first")
+    duplicates = before - len(out)
+    if known_ids:
+        seen = out[dataset.id_column].isin(known_ids)
+        if seen.any():
+            warnings.append(f"dropped {int(seen.sum())} row(s) whose id is already in another batch of the lake")
+            duplicates += int(seen.sum())
+            out = out[~seen]
+    if duplicates:
+        warnings.append(f"dropped {duplicates} duplicate id(s) in column {dataset.id_column}")
+    return CleanBatch(batch, source, out.reset_index(drop=True), rows_read, duplicates, warnings)
+
+
+def _rows(mask: pd.Series) -> str:
+    """Human row numbers (1 = first data row) of the first few True entries."""
+    positions = [int(i) + 1 for i in mask.to_numpy().nonzero()[0][:_MAX_EXAMPLES]]
+    more = int(mask.sum()) - len(positions)
+    return "row(s) " + ", ".join(map(str, positions)) + (f" and {more} more" if more > 0 else "")
+
+
+def _parse_numeric(values: pd.Series, column: str) -> tuple[pd.Series, str | None]:
+    parsed = pd.to_numeric(values.astype("object"), errors="coerce").astype("float64")
+    bad = values.notna() & parsed.isna()
+    if bad.any():
+        examples = ", ".join(repr(v) for v in values[bad].head(_MAX_EXAMPLES).tolist())
+        return parsed, f"column {column}: non-numeric value(s) {examples} at {_rows(bad)} (fix them or leave empty)"
+    return parsed, None
+
+
+def _parse_time(values: pd.Series, column: str) -> tuple[pd.Series, str | None]:
+    parsed = pd.to_datetime(values.astype("object"), errors="coerce", utc=True, format="mixed")
+    parsed = parsed.dt.tz_localize(None).astype("datetime64[us]")
+    bad = parsed.isna()
+    if bad.any():
+        examples = ", ".join(repr(v) for v in values[bad].head(_MAX_EXAMPLES).tolist())
+        return parsed, f"column {column}: missing or unparsable time(s) {examples} at {_rows(bad)} (use ISO 8601)"
+    return parsed, None
+
+
+def _parse_target(values: pd.Series, column: str, positive: object) -> tuple[pd.Series, str | None]:
+    text = values.astype("object").map(lambda v: None if pd.isna(v) else str(v))
+    classes = sorted(set(text.dropna()))
+    if len(classes) > 2:
+        return text, f"column {column}: {len(classes)} classes {classes[:10]} found; a binary target has two"
+    if str(positive) not in classes and classes:
+        # A numeric positive class may be written as 1.0 by some exporters.
+        normalised = {c: c.removesuffix(".0") for c in classes}
+        if str(positive) not in normalised.values():
+            return text, f"column {column}: positive class {positive!r} never occurs (classes seen: {classes})"
+        text = text.map(lambda v: None if v is None else normalised[v])
+    labelled = text.map(lambda v: None if v is None else int(v == str(positive)))
+    return labelled.astype("Int64"), None
+
+
+def _rows_of_batch(
+    config: LooplineConfig, frame: pd.DataFrame, batch: str, source: Path, whole_file: bool
+) -> pd.DataFrame:
+    """The rows that belong to ``batch``: by time window, or by row range when batching by rows."""
+    if config.batching.by == "rows":
+        if whole_file:
+            return frame
+        first, last = row_range_of(batch, config.batching)
+        if first >= len(frame):
+            raise FileNotFoundError(f"{source}: has {len(frame)} rows; batch {batch} (rows {first}..) has not landed")
+        return frame.iloc[first:last]
+    time_column = config.dataset.time_column
+    assert time_column is not None
+    start, end = window_of(batch, config.batching)
+    inside = (frame[time_column] >= start) & (frame[time_column] < end)
+    if whole_file:
+        if not inside.all():
+            outside = ~inside
+            examples = ", ".join(str(v) for v in frame.loc[outside, time_column].head(_MAX_EXAMPLES))
+            raise BatchRejected(
+                source,
+                [
+                    f"column {time_column}: {int(outside.sum())} time(s) outside the batch window "
+                    f"[{start:%Y-%m-%d}, {end:%Y-%m-%d}) such as {examples} at {_rows(outside)}: "
+                    "move those rows to their own batch file"
+                ],
+            )
+        return frame
+    return frame[inside]

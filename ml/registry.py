@@ -1,0 +1,284 @@
+"""The MLflow adapter: the only module that talks to MLflow.
+
+Runs hold params, metrics, the model, the reference profile, the data-quality result and the lineage (lake
+partitions with content hashes as dataset inputs, Airflow dag_id/run_id as tags). The registry holds versions,
+the ``champion`` alias, the gate verdict as version tags, and an append-only history of alias moves as
+registered-model tags (``history.000001`` ...), readable with ``loopline history``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ml.config import LooplineConfig, Paths
+
+if TYPE_CHECKING:
+    import mlflow.pyfunc
+    import xgboost as xgb
+
+    from ml.evaluate import Decision
+    from ml.lake import Partition
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PROFILE_ARTIFACT = "reference_profile.json"
+
+
+class PromotionConflict(RuntimeError):
+    """The champion changed between evaluation and promotion; re-evaluate against the new one."""
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """A registered model version and the run that produced it."""
+
+    name: str
+    version: str
+    run_id: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def connect(config: LooplineConfig, paths: Paths) -> str:
+    """Point MLflow at the configured store; create the experiment with artifacts under the home. Returns its id."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    import mlflow
+
+    uri = paths.tracking_uri(config)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(config.experiment_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None if uri.startswith("http") else (paths.mlflow_artifacts / config.dataset.name).as_uri()
+    try:
+        return mlflow.create_experiment(config.experiment_name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:
+        # Another task created it at the same moment.
+        found = mlflow.get_experiment_by_name(config.experiment_name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def _client() -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def champion(config: LooplineConfig) -> VersionRef | None:
+    """The version under the ``champion`` alias, or None before the first promotion."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = _client().get_model_version_by_alias(config.model_name, CHAMPION)
+    except MlflowException as exc:
+        if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}:
+            return None
+        raise
+    return VersionRef(config.model_name, str(found.version), str(found.run_id))
+
+
+def load_model(ref: VersionRef) -> mlflow.pyfunc.PyFuncModel:
+    """Load a registered version as the pyfunc that scores raw rows."""
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(ref.uri)
+
+
+def load_profile(ref: VersionRef) -> dict[str, Any]:
+    """The reference profile saved with a version's training run."""
+    import mlflow
+
+    return mlflow.artifacts.load_dict(f"runs:/{ref.run_id}/{PROFILE_ARTIFACT}")
+
+
+@contextmanager
+def _run(experiment_id: str, **kwargs: Any) -> Iterator[Any]:
+    """A run that ends FAILED on error and re-raises the original error, not an end_run failure."""
+    import mlflow
+
+    run = mlflow.start_run(experiment_id=experiment_id, **kwargs)
+    try:
+        yield run
+    except BaseException:
+        try:
+            mlflow.end_run(status="FAILED")
+        except Exception:  # noqa: BLE001 - the original error matters more than a failed end_run
+            pass
+        raise
+    mlflow.end_run()
+
+
+def log_training_run(
+    config: LooplineConfig,
+    paths: Paths,
+    *,
+    booster: xgb.Booster,
+    train: pd.DataFrame,
+    partitions: list[Partition],
+    params: dict[str, Any],
+    train_metrics: dict[str, float],
+    profile: dict[str, Any],
+    quality: dict[str, Any] | None,
+    importance: dict[str, float],
+    run_name: str,
+    tags: dict[str, str],
+) -> VersionRef:
+    """Log a trained model with its lineage and register it as a new version of the config's model."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from ml.model import BOOSTER_ARTIFACT, LooplineModel
+    from ml.train import feature_spec_of
+
+    experiment_id = connect(config, paths)
+    spec = feature_spec_of(booster)
+    example = train[spec.columns].head(5)
+    with _run(experiment_id, run_name=run_name, tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_params({k: v for k, v in params.items()})
+        mlflow.log_params(
+            {
+                "window": f"{partitions[0].batch}..{partitions[-1].batch}",
+                "train_rows": len(train),
+                "features": len(spec.columns),
+            }
+        )
+        mlflow.log_metrics({f"train_{k}": v for k, v in train_metrics.items() if v == v})
+        mlflow.log_dict(profile, PROFILE_ARTIFACT)
+        mlflow.log_dict(importance, "feature_importance.json")
+        mlflow.log_dict(json.loads(config.model_dump_json()), "loopline_config.json")
+        if quality is not None:
+            mlflow.log_dict(quality, "data_quality/validation_summary.json")
+        _log_dataset_inputs(config, train, partitions)
+        booster_file = Path(tmp) / "model.ubj"
+        booster.save_model(booster_file)
+        signature = infer_signature(example, np.zeros(len(example)))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=LooplineModel(),
+            artifacts={BOOSTER_ARTIFACT: str(booster_file)},
+            signature=signature,
+            input_example=example,
+            pip_requirements=_requirements(),
+        )
+        version = mlflow.register_model(
+            info.model_uri, config.model_name, tags={"run_name": run_name, "window": tags.get("loopline.window", "")}
+        )
+        mlflow.set_tag("loopline.model_version", str(version.version))
+        return VersionRef(config.model_name, str(version.version), run.info.run_id)
+
+
+def _log_dataset_inputs(config: LooplineConfig, train: pd.DataFrame, partitions: list[Partition]) -> None:
+    """One MLflow dataset input per lake partition, its digest the partition's content hash."""
+    import mlflow
+
+    head = train.head(100)
+    for partition in partitions:
+        dataset = mlflow.data.from_pandas(
+            head,
+            source=str(partition.data_file),
+            name=f"{partition.table}/batch={partition.batch}",
+            digest=partition.sha256[:32],
+            targets=config.dataset.target,
+        )
+        mlflow.log_input(dataset, context="training", tags={"rows": str(partition.rows), "sha256": partition.sha256})
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("mlflow", "xgboost-cpu", "pandas", "numpy")]
+
+
+def record_evaluation(config: LooplineConfig, challenger: VersionRef, decision: Decision) -> None:
+    """Log the holdout metrics of both models and the gate decision on the challenger's run and version."""
+    import mlflow
+
+    client = _client()
+    metrics = {f"holdout_{k}": v for k, v in decision.challenger.items() if v == v}
+    if decision.champion:
+        metrics |= {f"champion_holdout_{k}": v for k, v in decision.champion.items() if v == v}
+    timestamp = int(datetime.now(UTC).timestamp() * 1000)
+    client.log_batch(
+        challenger.run_id,
+        metrics=[mlflow.entities.Metric(k, float(v), timestamp, 0) for k, v in metrics.items()],
+        tags=[mlflow.entities.RunTag("loopline.gate", "passed" if decision.promote else "rejected")],
+    )
+    client.log_dict(challenger.run_id, decision.to_dict(), "gate/decision.json")
+    version_tags = {
+        "gate": "passed" if decision.promote else "rejected",
+        "gate_reason": decision.reason[:5000],
+        "compared_with": decision.champion_version or "none",
+    }
+    version_tags |= {f"rule.{rule.name}": "pass" if rule.passed else "fail" for rule in decision.rules}
+    for key, value in version_tags.items():
+        client.set_model_version_tag(config.model_name, challenger.version, key, value)
+
+
+def promote(
+    config: LooplineConfig, challenger: VersionRef, expected_champion: str | None, reason: str, actor: str
+) -> None:
+    """Move ``champion`` to the challenger if the champion is still the one it was compared with."""
+    current = champion(config)
+    current_version = current.version if current else None
+    if current_version != expected_champion:
+        raise PromotionConflict(
+            f"champion is now v{current_version}, not v{expected_champion} as evaluated: re-run the evaluation"
+        )
+    client = _client()
+    client.set_registered_model_alias(config.model_name, CHAMPION, challenger.version)
+    client.set_model_version_tag(config.model_name, challenger.version, "promoted_at", _now())
+    append_history(config, CHAMPION, current_version, challenger.version, reason, actor)
+
+
+def append_history(
+    config: LooplineConfig, alias: str, from_version: str | None, to_version: str, reason: str, actor: str
+) -> None:
+    """Append one alias move to the registered model's history (never rewritten)."""
+    client = _client()
+    model = client.get_registered_model(config.model_name)
+    numbers = [int(key.split(".")[1]) for key in model.tags if key.startswith("history.")]
+    entry = {
+        "at": _now(),
+        "alias": alias,
+        "from": from_version,
+        "to": to_version,
+        "reason": reason[:2000],
+        "by": actor,
+    }
+    client.set_registered_model_tag(config.model_name, f"history.{max(numbers, default=0) + 1:06d}", json.dumps(entry))
+
+
+def history(config: LooplineConfig) -> list[dict[str, Any]]:
+    """Every recorded alias move, oldest first."""
+    model = _client().get_registered_model(config.model_name)
+    return [json.loads(model.tags[key]) for key in sorted(k for k in model.tags if k.startswith("history."))]
+
+
+def versions(config: LooplineConfig) -> list[dict[str, Any]]:
+    """All versions of the model with their tags, oldest first."""
+    found = _client().search_model_versions(f"name='{config.model_name}'")
+    rows = [{"version": str(v.version), "run_id": v.run_id, "tags": dict(v.tags)} for v in found]
+    return sorted(rows, key=lambda row: int(row["version"]))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

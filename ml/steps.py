@@ -1,0 +1,269 @@
+"""The loop's steps, one function per DAG task, each an idempotent transaction over the lake and MLflow.
+
+DAG tasks call these with the config, the paths and what Airflow knows (the batch, params, run ids); the
+replay and the CLI call the same functions. Each returns a small JSON-ready dict (the task's XCom).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ml import quality
+from ml.config import LooplineConfig, Paths
+from ml.ingest import BatchRejected, clean_batch, landing_path, read_source
+from ml.lake import Lake
+
+log = logging.getLogger(__name__)
+
+
+def lake_of(paths: Paths) -> Lake:
+    return Lake(paths.lake)
+
+
+def predictions_table(config: LooplineConfig) -> str:
+    return f"{config.dataset.name}__predictions"
+
+
+def ingest_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str, Any]:
+    """Landing file -> schema -> dedup -> quality gate -> one lake partition (replaced on re-run).
+
+    A rejected batch is quarantined with the reason and the task fails; the lake is untouched.
+    """
+    lake = lake_of(paths)
+    table = config.dataset.name
+    source = landing_path(config, paths, batch)
+    quarantine_dir = paths.quarantine / table / batch
+    if not source.is_file() and quarantine_dir.is_dir():
+        raise FileNotFoundError(
+            f"{source}: batch {batch} is in quarantine at {quarantine_dir} "
+            f"(fix it and run `loopline quarantine release {batch}`)"
+        )
+    whole_file = source.stem == batch
+    try:
+        frame = read_source(source, config.dataset.source.format)
+        others = [b for b in lake.batches(table) if b != batch]
+        known = lake.ids_in(table, others, config.dataset.id_column) if others else set()
+        clean = clean_batch(config, frame, batch, source, known)
+    except BatchRejected as exc:
+        quality.quarantine(quarantine_dir, source, str(exc), None, None, move_source=whole_file)
+        raise
+    result = quality.validate(clean.frame, config.suite_path())
+    if not result.passed:
+        result.quarantined_to = str(quarantine_dir)
+        quality.quarantine(quarantine_dir, source, "data-quality gate failed", result, clean.frame, whole_file)
+        raise quality.QualityGateFailed(f"{source} (batch {batch})", result)
+    for warning in clean.warnings:
+        log.warning("%s: %s", source, warning)
+    partition = lake.write(table, batch, clean.frame, source=str(source))
+    return {
+        "batch": batch,
+        "rows": partition.rows,
+        "rows_read": clean.rows_read,
+        "duplicates_dropped": clean.duplicates_dropped,
+        "sha256": partition.sha256,
+        "warnings": clean.warnings + [w.describe() for w in result.warnings],
+    }
+
+
+def plan_training(
+    config: LooplineConfig, paths: Paths, end_batch: str | None, window_batches: int | None
+) -> dict[str, Any]:
+    """The training window: the ``window_batches`` accepted batches ending at ``end_batch`` (default newest)."""
+    available = lake_of(paths).batches(config.dataset.name)
+    if not available:
+        raise ValueError(f"the lake has no accepted batches of {config.dataset.name}: ingest some first")
+    if end_batch:
+        if end_batch not in available:
+            raise ValueError(f"batch {end_batch} is not in the lake (accepted: {', '.join(available)})")
+        available = available[: available.index(end_batch) + 1]
+    size = window_batches or config.training.window_batches
+    return {"batches": available[-size:], "end_batch": available[-1]}
+
+
+def _window(config: LooplineConfig, paths: Paths, batches: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    lake = lake_of(paths)
+    table = config.dataset.name
+    older = lake.read(table, batches[:-1]) if len(batches) > 1 else lake.read(table, batches[-1:]).iloc[0:0]
+    return older, lake.read(table, batches[-1:])
+
+
+def validate_window(config: LooplineConfig, paths: Paths, batches: list[str]) -> dict[str, Any]:
+    """The data-quality gate on the whole training window; raises QualityGateFailed on a critical failure."""
+    frame = lake_of(paths).read(config.dataset.name, batches)
+    result = quality.validate(frame, config.suite_path())
+    if not result.passed:
+        raise quality.QualityGateFailed(f"training window {batches[0]}..{batches[-1]}", result)
+    return result.summary()
+
+
+def train_challenger(
+    config: LooplineConfig,
+    paths: Paths,
+    batches: list[str],
+    overrides: dict[str, Any],
+    quality_summary: dict[str, Any] | None,
+    run_name: str,
+    tags: dict[str, str],
+) -> dict[str, Any]:
+    """Fit on the window (minus the holdout), save the reference profile, log and register a version."""
+    from ml import drift, registry, train
+    from ml.evaluate import classification_metrics
+    from ml.features import resolve_features
+
+    params = train.hyperparameters(config.training, overrides)
+    older, newest = _window(config, paths, batches)
+    split = train.split_holdout(older, newest, config)
+    spec = resolve_features(config, split.train.columns, split.train.dtypes)
+    booster = train.fit(split.train, spec, config.dataset.target, params)
+    train_scores = train.predict(booster, split.train)
+    y = split.train[config.dataset.target].astype(int).to_numpy()
+    partitions = [lake_of(paths).partition(config.dataset.name, b) for b in batches]
+    ref = registry.log_training_run(
+        config,
+        paths,
+        booster=booster,
+        train=split.train,
+        partitions=partitions,
+        params=params,
+        train_metrics=classification_metrics(y, train_scores, config.gate.decision_threshold),
+        profile=drift.build_profile(split.train, spec, train_scores, config.drift.bins),
+        quality=quality_summary,
+        importance=train.feature_importance(booster),
+        run_name=run_name,
+        tags={**tags, "loopline.window": f"{batches[0]}..{batches[-1]}"},
+    )
+    return {"version": ref.version, "run_id": ref.run_id, "train_rows": len(split.train),
+            "holdout_rows": len(split.holdout)}
+
+
+def evaluate_challenger(
+    config: LooplineConfig, paths: Paths, batches: list[str], challenger_version: str
+) -> dict[str, Any]:
+    """Score challenger and champion on the same holdout and apply the promotion gate (tags the version)."""
+    from ml import registry, train
+    from ml.evaluate import decide
+
+    registry.connect(config, paths)
+    older, newest = _window(config, paths, batches)
+    holdout = train.split_holdout(older.iloc[0:0], newest, config).holdout
+    y = holdout[config.dataset.target].astype(int).to_numpy()
+    challenger = _version_ref(config, challenger_version)
+    challenger_scores = registry.load_model(challenger).predict(holdout)
+    current = registry.champion(config)
+    champion_scores = None
+    if current is not None and current.version != challenger.version:
+        champion_scores = np.asarray(registry.load_model(current).predict(holdout))
+    decision = decide(
+        y, np.asarray(challenger_scores), champion_scores, config.gate, current.version if current else None
+    )
+    registry.record_evaluation(config, challenger, decision)
+    return {
+        "promote": decision.promote,
+        "reason": decision.reason,
+        "champion_version": decision.champion_version,
+        "challenger_roc_auc": decision.challenger["roc_auc"],
+        "champion_roc_auc": decision.champion["roc_auc"] if decision.champion else None,
+        "holdout_rows": len(holdout),
+    }
+
+
+def _version_ref(config: LooplineConfig, version: str) -> Any:
+    from ml import registry
+
+    found = [v for v in registry.versions(config) if v["version"] == str(version)]
+    if not found:
+        raise ValueError(f"model {config.model_name} has no version {version}")
+    return registry.VersionRef(config.model_name, str(version), found[0]["run_id"])
+
+
+def promote_challenger(
+    config: LooplineConfig,
+    paths: Paths,
+    challenger_version: str,
+    evaluation: dict[str, Any],
+    allowed: bool,
+    actor: str,
+) -> dict[str, Any]:
+    """Move ``champion`` to a challenger that passed the gate, unless promotion is switched off."""
+    from ml import registry
+
+    registry.connect(config, paths)
+    if not evaluation["promote"]:
+        return {"promoted": False, "reason": evaluation["reason"]}
+    challenger = _version_ref(config, challenger_version)
+    if not allowed:
+        reason = "passed the gate; not promoted because the run asked for promote=false"
+        registry._client().set_model_version_tag(config.model_name, challenger.version, "promotion", reason)
+        return {"promoted": False, "reason": reason}
+    registry.promote(config, challenger, evaluation["champion_version"], evaluation["reason"], actor)
+    return {"promoted": True, "reason": evaluation["reason"], "champion_version": challenger.version}
+
+
+def monitor_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str, Any]:
+    """Compare a new batch (and the champion's scores on it) with the champion's reference profile."""
+    from ml import drift, policy, registry, reports
+
+    registry.connect(config, paths)
+    current = registry.champion(config)
+    if current is None:
+        return {"batch": batch, "verdict": "no_champion", "retrain": False,
+                "reason": "no champion yet: nothing to compare against (train the first model)"}
+    frame = lake_of(paths).read(config.dataset.name, [batch])
+    scores = np.asarray(registry.load_model(current).predict(frame))
+    result = drift.compare(registry.load_profile(current), frame, scores, batch, config.drift)
+    order = lake_of(paths).batches(config.dataset.name)
+    decision = policy.decide_retrain(config, paths, result, order)
+    top = [{"column": f.column, "psi": round(f.psi, 4), "severity": f.severity} for f in result.top()]
+    json_path, html_path = reports.write_drift_report(
+        paths.reports / "drift" / config.dataset.name,
+        result,
+        {"dataset": config.dataset.name, "model": config.model_name, "champion_version": current.version,
+         "policy": decision.reason},
+    )
+    return {
+        "batch": batch,
+        "verdict": result.verdict,
+        "severity": result.severity,
+        "drift_share": result.drift_share,
+        "score_psi": result.score_psi,
+        "top_features": top,
+        "champion_version": current.version,
+        "retrain": decision.retrain,
+        "reason": decision.reason,
+        "report_html": str(html_path),
+        "report_json": str(json_path),
+        "recent_batches": order[max(0, order.index(batch) - config.drift.cooldown_batches):order.index(batch)]
+        if batch in order else [],
+    }
+
+
+def score_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str, Any]:
+    """Score a batch with the champion and write its predictions partition (replaced on re-run)."""
+    from ml import registry
+    from ml.evaluate import classification_metrics
+
+    registry.connect(config, paths)
+    current = registry.champion(config)
+    if current is None:
+        return {"batch": batch, "scored": False, "reason": "no champion yet"}
+    dataset = config.dataset
+    frame = lake_of(paths).read(config.dataset.name, [batch])
+    scores = np.asarray(registry.load_model(current).predict(frame), dtype="float64")
+    keep = [c for c in (dataset.id_column, dataset.time_column) if c]
+    out = frame[keep].copy()
+    out["score"] = scores
+    out["model_version"] = current.version
+    partition = lake_of(paths).write(predictions_table(config), batch, out)
+    summary: dict[str, Any] = {"batch": batch, "scored": True, "rows": partition.rows,
+                               "champion_version": current.version}
+    labelled = frame[dataset.target].notna().to_numpy()
+    if labelled.any():
+        metrics = classification_metrics(
+            frame.loc[labelled, dataset.target].astype(int).to_numpy(), scores[labelled], config.gate.decision_threshold
+        )
+        summary["roc_auc"] = metrics["roc_auc"]
+    return summary
