@@ -103,6 +103,13 @@ def load_model(ref: VersionRef) -> mlflow.pyfunc.PyFuncModel:
     return mlflow.pyfunc.load_model(ref.uri)
 
 
+def predict(model: mlflow.pyfunc.PyFuncModel, frame: pd.DataFrame) -> np.ndarray:
+    """The model's scores for ``frame``, passing only the columns its signature names."""
+    schema = model.metadata.get_input_schema()
+    columns = schema.input_names() if schema is not None else list(frame.columns)
+    return np.asarray(model.predict(frame[columns]), dtype="float64")
+
+
 def load_profile(ref: VersionRef) -> dict[str, Any]:
     """The reference profile saved with a version's training run."""
     import mlflow

@@ -152,11 +152,11 @@ def evaluate_challenger(
     holdout = train.split_holdout(older.iloc[0:0], newest, config).holdout
     y = holdout[config.dataset.target].astype(int).to_numpy()
     challenger = _version_ref(config, challenger_version)
-    challenger_scores = registry.load_model(challenger).predict(holdout)
+    challenger_scores = registry.predict(registry.load_model(challenger), holdout)
     current = registry.champion(config)
     champion_scores = None
     if current is not None and current.version != challenger.version:
-        champion_scores = np.asarray(registry.load_model(current).predict(holdout))
+        champion_scores = registry.predict(registry.load_model(current), holdout)
     decision = decide(
         y, np.asarray(challenger_scores), champion_scores, config.gate, current.version if current else None
     )
@@ -213,7 +213,7 @@ def monitor_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str,
         return {"batch": batch, "verdict": "no_champion", "retrain": False,
                 "reason": "no champion yet: nothing to compare against (train the first model)"}
     frame = lake_of(paths).read(config.dataset.name, [batch])
-    scores = np.asarray(registry.load_model(current).predict(frame))
+    scores = registry.predict(registry.load_model(current), frame)
     result = drift.compare(registry.load_profile(current), frame, scores, batch, config.drift)
     order = lake_of(paths).batches(config.dataset.name)
     decision = policy.decide_retrain(config, paths, result, order)
@@ -252,7 +252,7 @@ def score_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str, A
         return {"batch": batch, "scored": False, "reason": "no champion yet"}
     dataset = config.dataset
     frame = lake_of(paths).read(config.dataset.name, [batch])
-    scores = np.asarray(registry.load_model(current).predict(frame), dtype="float64")
+    scores = registry.predict(registry.load_model(current), frame)
     keep = [c for c in (dataset.id_column, dataset.time_column) if c]
     out = frame[keep].copy()
     out["score"] = scores

@@ -1,0 +1,102 @@
+"""loopline_monitor: compare each new batch with the champion's training reference; alert; request a retrain.
+
+Scheduled on the ``loopline_lake`` Asset: it runs once per accepted batch (or once for several batches that
+landed together). ``monitor`` computes per-feature and prediction-score drift against the reference profile
+saved with the champion and writes an HTML and JSON report under $LOOPLINE_HOME/reports/drift. ``alert``
+sends drift alerts through the DriftAlertNotifier (alert log, webhook, email; repeats within the cooldown are
+grouped). ``request_retrain`` emits the ``loopline_retrain_request`` Asset event that schedules loopline_train
+when the policy allows (severity, cooldown, pause); otherwise it is skipped and emits nothing.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import dag, task
+from loopline_airflow.assets import LAKE, RETRAIN_REQUEST
+
+
+@dag(
+    dag_id="loopline_monitor",
+    schedule=[LAKE],
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    default_args={"retry_delay": pendulum.duration(seconds=15)},
+    max_active_runs=1,
+    tags=["loopline", "monitoring"],
+    doc_md=__doc__,
+)
+def loopline_monitor() -> None:
+    @task
+    def monitor(**context) -> list[dict]:  # noqa: ANN003
+        """Drift of every batch named by the triggering lake events."""
+        from loopline_airflow.runtime import batches_from_events, setup
+
+        from ml import steps
+
+        config, paths = setup()
+        batches = batches_from_events(context, LAKE.name)
+        if not batches:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException("no lake event with a batch triggered this run")
+        return [steps.monitor_batch(config, paths, batch) for batch in batches]
+
+    @task
+    def alert(results: list[dict], **context) -> list[dict]:  # noqa: ANN003
+        """One alert per drifted batch; the same condition within the cooldown is grouped."""
+        from loopline_airflow.notifiers import DriftAlertNotifier
+        from loopline_airflow.runtime import setup
+
+        from ml import alerts
+
+        config, paths = setup()
+        sent = []
+        for result in results:
+            if result["verdict"] != "drift":
+                continue
+            action = (
+                f"retrain requested (asset {RETRAIN_REQUEST.name} -> loopline_train)"
+                if result["retrain"]
+                else result["reason"]
+            )
+            document = alerts.build_alert(
+                dataset=config.dataset.name,
+                batch=result["batch"],
+                severity=result["severity"],
+                top_features=result["top_features"],
+                score_psi=result["score_psi"],
+                action=action,
+                report=result["report_html"],
+                runbook=config.alerts.runbook_url,
+                model=config.model_name,
+                champion_version=result["champion_version"],
+            )
+            grouped = alerts.is_repeat(paths.alert_log, document, result["recent_batches"])
+            DriftAlertNotifier(document, grouped=grouped).notify(context)
+            sent.append({"batch": result["batch"], "severity": result["severity"], "grouped": grouped})
+        return sent
+
+    @task(outlets=[RETRAIN_REQUEST])
+    def request_retrain(results: list[dict], **context) -> dict:  # noqa: ANN003
+        """Emit the retrain request for the newest batch the policy allows; skip (no event) otherwise."""
+        from airflow.sdk.exceptions import AirflowSkipException
+        from loopline_airflow.runtime import setup
+
+        from ml import policy
+
+        wanted = [r for r in results if r.get("retrain")]
+        if not wanted:
+            raise AirflowSkipException("; ".join(f"{r['batch']}: {r['reason']}" for r in results))
+        newest = wanted[-1]
+        _, paths = setup()
+        features = [f["column"] for f in newest["top_features"]]
+        extra = policy.record_request(paths, newest["batch"], newest["reason"], features)
+        context["outlet_events"][RETRAIN_REQUEST].extra = {**extra, "trigger": "drift"}
+        return extra
+
+    results = monitor()
+    alert(results)
+    request_retrain(results)
+
+
+loopline_monitor()

@@ -1,0 +1,127 @@
+"""loopline_train: gate, train, evaluate against the champion, promote.
+
+Runs when drift emits a ``loopline_retrain_request`` Asset event, or from the trigger form. One run at a time
+(max_active_runs=1), so two requests never race for the champion. Tasks:
+
+1. ``plan``: the training window, the ``window_batches`` accepted batches ending at ``end_batch`` (default:
+   the newest; for a drift request, the drifted batch), so the window includes the drifted data.
+2. ``quality_gate``: Great Expectations on the whole window; a critical failure fails the run.
+3. ``train``: XGBoost on the window minus the holdout (the newest share of the newest batch); logs params,
+   metrics, the model (signature, input example), the lake partitions as dataset inputs with their content
+   hashes, the reference profile; registers a new model version.
+4. ``evaluate``: challenger and champion on the same holdout; the promotion gate's verdict and reason go to the
+   run and to version tags.
+5. ``promote``: moves the ``champion`` alias only if the gate passed, the ``promote`` param is on, and the
+   champion is still the one evaluated against.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, dag, task
+from loopline_airflow.assets import RETRAIN_REQUEST
+
+
+@dag(
+    dag_id="loopline_train",
+    schedule=[RETRAIN_REQUEST],
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    default_args={"retry_delay": pendulum.duration(seconds=15)},
+    max_active_runs=1,
+    tags=["loopline", "training"],
+    doc_md=__doc__,
+    params={
+        "end_batch": Param("", type="string", title="Last batch of the window",
+                           description="Empty: the newest accepted batch (or the drifted batch of a request)."),
+        "window_batches": Param(None, type=["null", "integer"], minimum=1, title="Batches in the window",
+                                description="Empty: training.window_batches from the config."),
+        "num_boost_round": Param(None, type=["null", "integer"], minimum=1, title="Boosting rounds"),
+        "max_depth": Param(None, type=["null", "integer"], minimum=1, maximum=16, title="Max tree depth"),
+        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1, title="Learning rate"),
+        "promote": Param(True, type="boolean", title="Promote if the gate passes",
+                         description="Off: train, evaluate and register only; the champion stays."),
+    },
+)
+def loopline_train() -> None:
+    @task
+    def plan(**context) -> dict:  # noqa: ANN003
+        """Which batches to train on, and why this run started."""
+        from loopline_airflow.runtime import setup, trigger_of
+
+        from ml import steps
+
+        params = context["params"]
+        config, paths = setup()
+        trigger, extra = trigger_of(context)
+        end_batch = params.get("end_batch") or extra.get("batch")
+        window = steps.plan_training(config, paths, end_batch, params.get("window_batches"))
+        return {**window, "trigger": trigger, "reason": extra.get("reason", f"{trigger} run")}
+
+    @task
+    def quality_gate(window: dict) -> dict:
+        """Great Expectations on the training window."""
+        from loopline_airflow.runtime import no_retry_on, setup
+
+        from ml import steps
+        from ml.quality import QualityGateFailed
+
+        config, paths = setup()
+        return no_retry_on(QualityGateFailed)(steps.validate_window)(config, paths, window["batches"])
+
+    @task(retries=1)
+    def train(window: dict, quality: dict, **context) -> dict:  # noqa: ANN003
+        """Fit, log to MLflow and register the challenger."""
+        from loopline_airflow.runtime import no_retry_on, setup
+
+        from ml import steps
+        from ml.train import TrainingDataError
+
+        params = context["params"]
+        config, paths = setup()
+        overrides = {k: params.get(k) for k in ("num_boost_round", "max_depth", "learning_rate")}
+        dag_run = context["dag_run"]
+        run_name = f"{config.dataset.name} {window['batches'][0]}..{window['end_batch']} [{window['trigger']}]"
+        tags = {
+            "airflow.dag_id": dag_run.dag_id,
+            "airflow.run_id": dag_run.run_id,
+            "loopline.trigger": window["trigger"],
+            "loopline.reason": window["reason"][:500],
+            "loopline.dataset": config.dataset.name,
+        }
+        return no_retry_on(TrainingDataError)(steps.train_challenger)(
+            config, paths, window["batches"], overrides, quality, run_name, tags
+        )
+
+    @task(retries=1)
+    def evaluate(window: dict, challenger: dict) -> dict:
+        """Challenger vs champion on the same holdout; the gate's verdict."""
+        from loopline_airflow.runtime import setup
+
+        from ml import steps
+
+        config, paths = setup()
+        return steps.evaluate_challenger(config, paths, window["batches"], challenger["version"])
+
+    @task
+    def promote(challenger: dict, evaluation: dict, **context) -> dict:  # noqa: ANN003
+        """Move the champion alias when the gate passed and promotion is on."""
+        from loopline_airflow.runtime import setup
+
+        from ml import steps
+
+        config, paths = setup()
+        dag_run = context["dag_run"]
+        return steps.promote_challenger(
+            config, paths, challenger["version"], evaluation, bool(context["params"].get("promote", True)),
+            actor=f"airflow:{dag_run.dag_id}/{dag_run.run_id}",
+        )
+
+    window = plan()
+    quality = quality_gate(window)
+    challenger = train(window, quality)
+    evaluation = evaluate(window, challenger)
+    promote(challenger, evaluation)
+
+
+loopline_train()

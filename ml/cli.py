@@ -1,0 +1,125 @@
+"""``loopline``: the command line. Argument parsing and printing only; the work is done in ``ml``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from ml.config import ConfigError, LooplineConfig, Paths, load_config
+
+
+def _setup(args: argparse.Namespace) -> tuple[LooplineConfig, Paths]:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    config = load_config(args.config)
+    return config, Paths.from_env()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ml.demo import DemoOptions, print_summary, run_demo
+
+    config, paths = _setup(args)
+    options = DemoOptions(months=args.months, rows_per_month=args.rows, keep_running=args.keep_running)
+    print(f"Loopline demo: state under {paths.home}, config {config.config_path}", flush=True)
+    summary = run_demo(config, paths, options, echo=lambda line: print(line, flush=True))
+    print_summary(summary, paths)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from ml.stack import Stack, free_port, start_airflow, start_mlflow_ui
+
+    config, paths = _setup(args)
+    from ml import registry
+
+    registry.connect(config, paths)
+    stack = Stack(paths)
+    assert config.config_path is not None
+    endpoints = start_airflow(stack, config.config_path, free_port(args.airflow_port))
+    mlflow_url = start_mlflow_ui(stack, paths.tracking_uri(config), free_port(args.mlflow_port))
+    print(f"Airflow UI: {endpoints.airflow_url}  (user {endpoints.username}, password {endpoints.password})")
+    print(f"MLflow UI:  {mlflow_url}  (experiment {config.experiment_name}, model {config.model_name})")
+    print(f"Logs: {stack.log_dir}   Stop with: make down")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from ml.stack import Stack
+
+    stopped = Stack(Paths.from_env()).stop()
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ml import registry
+
+    config, paths = _setup(args)
+    registry.connect(config, paths)
+    current = registry.champion(config)
+    document: dict[str, Any] = {"model": config.model_name, "champion": None}
+    if current is not None:
+        import mlflow
+
+        run = mlflow.get_run(current.run_id)
+        document["champion"] = {
+            "version": current.version,
+            "run_id": current.run_id,
+            "window": run.data.params.get("window"),
+            "metrics": {k: round(v, 4) for k, v in run.data.metrics.items() if k.startswith("holdout_")},
+        }
+    document["versions"] = [
+        {"version": v["version"], "gate": v["tags"].get("gate"), "reason": v["tags"].get("gate_reason")}
+        for v in registry.versions(config)[-10:]
+    ]
+    print(json.dumps(document, indent=2))
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from ml import registry
+
+    config, paths = _setup(args)
+    registry.connect(config, paths)
+    for move in registry.history(config):
+        print(f"{move['at']}  {move['alias']}: v{move['from'] or '-'} -> v{move['to']}  by {move['by']}  {move['reason']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loopline", description="The retraining loop for tabular models.")
+    parser.add_argument("--config", help="config file (default: $LOOPLINE_CONFIG or ./loopline.yaml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="run the demo loop through a real Airflow scheduler")
+    demo.add_argument("--months", type=int, default=12)
+    demo.add_argument("--rows", type=int, default=4000, help="rows per monthly batch")
+    demo.add_argument("--keep-running", action="store_true", help="leave Airflow running afterwards")
+    demo.set_defaults(handler=cmd_demo)
+
+    up = commands.add_parser("up", help="serve the Airflow and MLflow UIs over the state on 127.0.0.1")
+    up.add_argument("--airflow-port", type=int, default=8080)
+    up.add_argument("--mlflow-port", type=int, default=5000)
+    up.set_defaults(handler=cmd_up)
+
+    commands.add_parser("down", help="stop every process `up` or `demo` started").set_defaults(handler=cmd_down)
+    commands.add_parser("status", help="the champion, its metrics, recent gate decisions").set_defaults(
+        handler=cmd_status
+    )
+    commands.add_parser("history", help="every move of the champion alias").set_defaults(handler=cmd_history)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

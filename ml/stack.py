@@ -1,0 +1,241 @@
+"""Start and stop the services of a Loopline deployment as local processes, each on 127.0.0.1.
+
+The embedded profile runs Airflow's parts separately (api-server, scheduler, dag-processor; ``airflow
+standalone`` would open log servers on 0.0.0.0) with LocalExecutor on SQLite, and optionally the MLflow UI over
+the SQLite store. Every process's pid is written to ``$LOOPLINE_HOME/run/<name>.pid`` and its output to
+``$LOOPLINE_HOME/logs/<name>.log``; ``stop`` ends exactly those processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from ml.config import Paths
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+AIRFLOW_USER = "admin"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the started services answer."""
+
+    airflow_url: str
+    mlflow_url: str | None
+    username: str
+    password: str
+
+
+def free_port(preferred: int) -> int:
+    """``preferred`` if nothing listens on it on 127.0.0.1, else any free port."""
+    for port in (preferred, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise RuntimeError("no free TCP port on 127.0.0.1")
+
+
+def _bin(name: str) -> str:
+    """An executable of this virtualenv (the one running Loopline)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def _secret(paths: Paths, name: str, length: int) -> str:
+    file = paths.airflow_home / name
+    if not file.exists():
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(secrets.token_urlsafe(length))
+        file.chmod(0o600)
+    return file.read_text().strip()
+
+
+def airflow_password(paths: Paths) -> str:
+    """The admin password of the embedded Airflow (generated once, kept under the home)."""
+    file = paths.airflow_home / "simple_auth_manager_passwords.json"
+    if not file.exists():
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(json.dumps({AIRFLOW_USER: secrets.token_urlsafe(12)}))
+        file.chmod(0o600)
+    return str(json.loads(file.read_text())[AIRFLOW_USER])
+
+
+def airflow_env(paths: Paths, config_file: Path, port: int) -> dict[str, str]:
+    """The environment of every Airflow process of the embedded profile."""
+    airflow_home = paths.airflow_home
+    airflow_password(paths)
+    env = dict(os.environ)
+    env.update(
+        {
+            "LOOPLINE_HOME": str(paths.home),
+            "LOOPLINE_CONFIG": str(config_file),
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "GX_ANALYTICS_ENABLED": "false",
+            "AIRFLOW_HOME": str(airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{AIRFLOW_USER}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(
+                airflow_home / "simple_auth_manager_passwords.json"
+            ),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__API_AUTH__JWT_SECRET": _secret(paths, "jwt_secret", 48),
+            "AIRFLOW__API__SECRET_KEY": _secret(paths, "api_secret_key", 48),
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
+            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__DAG_PROCESSOR__BUNDLE_REFRESH_CHECK_INTERVAL": "1",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        }
+    )
+    return env
+
+
+class Stack:
+    """The processes of one deployment under one home."""
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self.run_dir = paths.home / "run"
+        self.log_dir = paths.home / "logs"
+
+    def _pid_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    def running(self) -> dict[str, int]:
+        """The processes this home started that are still alive, by name."""
+        alive = {}
+        for file in sorted(self.run_dir.glob("*.pid")) if self.run_dir.is_dir() else []:
+            pid = int(file.read_text().split()[0])
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                file.unlink(missing_ok=True)
+                continue
+            alive[file.stem] = pid
+        return alive
+
+    def start(self, name: str, command: list[str], env: dict[str, str]) -> int:
+        """Start one process in its own session; its output goes to logs/<name>.log."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if name in self.running():
+            raise RuntimeError(f"{name} is already running (pid {self.running()[name]}): run `loopline down` first")
+        with (self.log_dir / f"{name}.log").open("ab") as log:
+            process = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=self.paths.home,
+            )
+        self._pid_file(name).write_text(f"{process.pid}\n")
+        return process.pid
+
+    def stop(self, timeout: float = 30.0) -> list[str]:
+        """SIGTERM every process this home started (their whole process group), SIGKILL after ``timeout``."""
+        running = self.running()
+        for pid in running.values():
+            _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(_alive(pid) for pid in running.values()):
+            time.sleep(0.2)
+        for pid in running.values():
+            if _alive(pid):
+                _signal_group(pid, signal.SIGKILL)
+        for name in running:
+            self._pid_file(name).unlink(missing_ok=True)
+        return sorted(running)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def migrate_airflow_db(env: dict[str, str], log_file: Path) -> None:
+    """Create or upgrade the Airflow metadata DB (idempotent)."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as log:
+        done = subprocess.run([_bin("airflow"), "db", "migrate"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"`airflow db migrate` failed; see {log_file}")
+
+
+def start_airflow(stack: Stack, config_file: Path, port: int) -> Endpoints:
+    """Migrate, then start api-server, scheduler and dag-processor; returns once the API is healthy."""
+    env = airflow_env(stack.paths, config_file, port)
+    migrate_airflow_db(env, stack.log_dir / "airflow-db-migrate.log")
+    airflow = _bin("airflow")
+    stack.start("airflow-api-server", [airflow, "api-server", "--port", str(port)], env)
+    stack.start("airflow-scheduler", [airflow, "scheduler", "--skip-serve-logs"], env)
+    stack.start("airflow-dag-processor", [airflow, "dag-processor"], env)
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(f"{url}/api/v2/monitor/health", "Airflow", stack, timeout=180)
+    try:
+        requests.get(f"{url}/execution/health", timeout=30)
+    except requests.RequestException:
+        pass
+    return Endpoints(url, None, AIRFLOW_USER, airflow_password(stack.paths))
+
+
+def start_mlflow_ui(stack: Stack, tracking_uri: str, port: int) -> str:
+    """Serve the MLflow UI over the given store on 127.0.0.1; returns its URL once healthy."""
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    command = [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--backend-store-uri", tracking_uri]
+    stack.start("mlflow-ui", command, env)
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(f"{url}/health", "MLflow", stack, timeout=120)
+    return url
+
+
+def wait_healthy(url: str, what: str, stack: Stack, timeout: float) -> None:
+    """Poll ``url`` until it answers 200; fail with the log folder named when it does not."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{what} did not become healthy at {url} within {timeout:.0f} s; see {stack.log_dir}")

@@ -1,0 +1,88 @@
+"""Helpers that Loopline's tasks share: config and paths, the batch a run is about, failures not worth a retry."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+if TYPE_CHECKING:
+    from ml.config import LooplineConfig, Paths
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def setup() -> tuple[LooplineConfig, Paths]:
+    """The config ($LOOPLINE_CONFIG) and paths ($LOOPLINE_HOME) this deployment runs with."""
+    import logging
+
+    from ml.config import Paths, load_config
+
+    logging.getLogger("ml").setLevel(logging.INFO)
+    return load_config(), Paths.from_env()
+
+
+def batch_for_run(context: Any, requested: str | None) -> str:
+    """The batch a run processes: the ``batch`` param when given, else the one its data interval starts in."""
+    from ml.batches import batch_key_for, check_key
+    from ml.config import load_config
+
+    batching = load_config().batching
+    if requested:
+        return check_key(str(requested).strip(), batching)
+    moment = context.get("data_interval_start") or context.get("logical_date")
+    if moment is None:
+        raise ValueError("this run has no logical date: set the 'batch' parameter in the trigger form (e.g. 2025-03)")
+    return batch_key_for(moment, batching)
+
+
+def batches_from_events(context: Any, asset_name: str) -> list[str]:
+    """The batches named by the asset events that triggered this run, oldest first, without repeats."""
+    events = context.get("triggering_asset_events") or {}
+    found: list[str] = []
+    for asset, asset_events in events.items():
+        if getattr(asset, "name", None) != asset_name:
+            continue
+        for event in asset_events:
+            batch = (event.extra or {}).get("batch")
+            if batch and batch not in found:
+                found.append(str(batch))
+    return sorted(found)
+
+
+def trigger_of(context: Any) -> tuple[str, dict[str, Any]]:
+    """How this run started (drift, manual, scheduled, backfill) and the extra of its triggering event, if any."""
+    events = context.get("triggering_asset_events") or {}
+    for asset_events in events.values():
+        for event in asset_events:
+            extra = dict(event.extra or {})
+            return str(extra.get("trigger", "drift")), extra
+    dag_run = context.get("dag_run")
+    run_type = str(getattr(dag_run, "run_type", "manual") or "manual")
+    return run_type.rsplit(".", 1)[-1].lower(), {}
+
+
+def no_retry_on(*errors: type[BaseException]) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Turn data errors (which a retry cannot fix) into an immediate failure, keeping the message."""
+
+    def wrap(function: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(function)
+        def inner(*args: P.args, **kwargs: P.kwargs) -> R:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            try:
+                return function(*args, **kwargs)
+            except errors as exc:
+                raise AirflowFailException(str(exc)) from exc
+
+        return inner
+
+    return wrap
+
+
+def ingest_schedule() -> str | None:
+    """loopline_ingest's schedule from the config (``batching.schedule``); read at parse time, cheap."""
+    from ml.config import load_config
+
+    return load_config().batching.schedule
