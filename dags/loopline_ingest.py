@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag, task
+
 from loopline_airflow.assets import LAKE
 from loopline_airflow.runtime import ingest_schedule
 
@@ -39,7 +40,6 @@ def loopline_ingest() -> None:
     def ingest(**context) -> dict:  # noqa: ANN003
         """Landing file -> schema -> dedup -> quality gate -> lake partition."""
         from loopline_airflow.runtime import batch_for_run, no_retry_on, setup
-
         from ml import steps
         from ml.ingest import BatchRejected
         from ml.quality import QualityGateFailed
@@ -48,7 +48,11 @@ def loopline_ingest() -> None:
         batch = batch_for_run(context, context["params"].get("batch"))
         run = no_retry_on(BatchRejected, QualityGateFailed, FileNotFoundError)(steps.ingest_batch)
         result = run(config, paths, batch)
-        context["outlet_events"][LAKE].extra = {"batch": batch, "rows": result["rows"], "sha256": result["sha256"]}
+        context["outlet_events"][LAKE].extra = {
+            "batch": batch,
+            "rows": result["rows"],
+            "sha256": result["sha256"],
+        }
         return result
 
     ingest()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import dag, task
+
 from loopline_airflow.assets import LAKE, RETRAIN_REQUEST
 
 
@@ -30,7 +31,6 @@ def loopline_monitor() -> None:
     def monitor(**context) -> list[dict]:  # noqa: ANN003
         """Drift of every batch named by the triggering lake events."""
         from loopline_airflow.runtime import batches_from_events, setup
-
         from ml import steps
 
         config, paths = setup()
@@ -46,7 +46,6 @@ def loopline_monitor() -> None:
         """One alert per drifted batch; the same condition within the cooldown is grouped."""
         from loopline_airflow.notifiers import DriftAlertNotifier
         from loopline_airflow.runtime import setup
-
         from ml import alerts
 
         config, paths = setup()
@@ -80,8 +79,8 @@ def loopline_monitor() -> None:
     def request_retrain(results: list[dict], **context) -> dict:  # noqa: ANN003
         """Emit the retrain request for the newest batch the policy allows; skip (no event) otherwise."""
         from airflow.sdk.exceptions import AirflowSkipException
-        from loopline_airflow.runtime import setup
 
+        from loopline_airflow.runtime import setup
         from ml import policy
 
         wanted = [r for r in results if r.get("retrain")]

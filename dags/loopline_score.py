@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag, task
+
 from loopline_airflow.assets import LAKE, PREDICTIONS
 
 
@@ -21,15 +22,22 @@ from loopline_airflow.assets import LAKE, PREDICTIONS
     max_active_runs=1,
     tags=["loopline", "scoring"],
     doc_md=__doc__,
-    params={"batch": Param("", type="string", title="Batch", description="Batch key to (re)score; empty: the triggering batches.")},
+    params={
+        "batch": Param(
+            "",
+            type="string",
+            title="Batch",
+            description="Batch key to (re)score; empty: the triggering batches.",
+        )
+    },
 )
 def loopline_score() -> None:
     @task(outlets=[PREDICTIONS], retries=1)
     def score(**context) -> list[dict]:  # noqa: ANN003
         """Predictions of the champion for each batch of this run."""
         from airflow.sdk.exceptions import AirflowSkipException
-        from loopline_airflow.runtime import batches_from_events, setup
 
+        from loopline_airflow.runtime import batches_from_events, setup
         from ml import steps
 
         config, paths = setup()
@@ -41,8 +49,10 @@ def loopline_score() -> None:
         scored = [r for r in results if r.get("scored")]
         if not scored:
             raise AirflowSkipException("; ".join(f"{r['batch']}: {r['reason']}" for r in results))
-        context["outlet_events"][PREDICTIONS].extra = {"batches": [r["batch"] for r in scored],
-                                            "champion_version": scored[-1]["champion_version"]}
+        context["outlet_events"][PREDICTIONS].extra = {
+            "batches": [r["batch"] for r in scored],
+            "champion_version": scored[-1]["champion_version"],
+        }
         return results
 
     score()

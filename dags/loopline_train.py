@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag, task
+
 from loopline_airflow.assets import RETRAIN_REQUEST
 
 
@@ -32,15 +33,30 @@ from loopline_airflow.assets import RETRAIN_REQUEST
     tags=["loopline", "training"],
     doc_md=__doc__,
     params={
-        "end_batch": Param("", type="string", title="Last batch of the window",
-                           description="Empty: the newest accepted batch (or the drifted batch of a request)."),
-        "window_batches": Param(None, type=["null", "integer"], minimum=1, title="Batches in the window",
-                                description="Empty: training.window_batches from the config."),
+        "end_batch": Param(
+            "",
+            type="string",
+            title="Last batch of the window",
+            description="Empty: the newest accepted batch (or the drifted batch of a request).",
+        ),
+        "window_batches": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Batches in the window",
+            description="Empty: training.window_batches from the config.",
+        ),
         "num_boost_round": Param(None, type=["null", "integer"], minimum=1, title="Boosting rounds"),
         "max_depth": Param(None, type=["null", "integer"], minimum=1, maximum=16, title="Max tree depth"),
-        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1, title="Learning rate"),
-        "promote": Param(True, type="boolean", title="Promote if the gate passes",
-                         description="Off: train, evaluate and register only; the champion stays."),
+        "learning_rate": Param(
+            None, type=["null", "number"], exclusiveMinimum=0, maximum=1, title="Learning rate"
+        ),
+        "promote": Param(
+            True,
+            type="boolean",
+            title="Promote if the gate passes",
+            description="Off: train, evaluate and register only; the champion stays.",
+        ),
     },
 )
 def loopline_train() -> None:
@@ -48,7 +64,6 @@ def loopline_train() -> None:
     def plan(**context) -> dict:  # noqa: ANN003
         """Which batches to train on, and why this run started."""
         from loopline_airflow.runtime import setup, trigger_of
-
         from ml import steps
 
         params = context["params"]
@@ -62,7 +77,6 @@ def loopline_train() -> None:
     def quality_gate(window: dict) -> dict:
         """Great Expectations on the training window."""
         from loopline_airflow.runtime import no_retry_on, setup
-
         from ml import steps
         from ml.quality import QualityGateFailed
 
@@ -73,7 +87,6 @@ def loopline_train() -> None:
     def train(window: dict, quality: dict, **context) -> dict:  # noqa: ANN003
         """Fit, log to MLflow and register the challenger."""
         from loopline_airflow.runtime import no_retry_on, setup
-
         from ml import steps
         from ml.train import TrainingDataError
 
@@ -81,7 +94,9 @@ def loopline_train() -> None:
         config, paths = setup()
         overrides = {k: params.get(k) for k in ("num_boost_round", "max_depth", "learning_rate")}
         dag_run = context["dag_run"]
-        run_name = f"{config.dataset.name} {window['batches'][0]}..{window['end_batch']} [{window['trigger']}]"
+        run_name = (
+            f"{config.dataset.name} {window['batches'][0]}..{window['end_batch']} [{window['trigger']}]"
+        )
         tags = {
             "airflow.dag_id": dag_run.dag_id,
             "airflow.run_id": dag_run.run_id,
@@ -97,7 +112,6 @@ def loopline_train() -> None:
     def evaluate(window: dict, challenger: dict) -> dict:
         """Challenger vs champion on the same holdout; the gate's verdict."""
         from loopline_airflow.runtime import setup
-
         from ml import steps
 
         config, paths = setup()
@@ -107,13 +121,16 @@ def loopline_train() -> None:
     def promote(challenger: dict, evaluation: dict, **context) -> dict:  # noqa: ANN003
         """Move the champion alias when the gate passed and promotion is on."""
         from loopline_airflow.runtime import setup
-
         from ml import steps
 
         config, paths = setup()
         dag_run = context["dag_run"]
         return steps.promote_challenger(
-            config, paths, challenger["version"], evaluation, bool(context["params"].get("promote", True)),
+            config,
+            paths,
+            challenger["version"],
+            evaluation,
+            bool(context["params"].get("promote", True)),
             actor=f"airflow:{dag_run.dag_id}/{dag_run.run_id}",
         )
 

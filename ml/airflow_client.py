@@ -20,7 +20,9 @@ class AirflowClient:
             f"{self.base_url}/auth/token", json={"username": username, "password": password}, timeout=30
         )
         if response.status_code not in (200, 201):
-            raise RuntimeError(f"Airflow login as {username} failed: HTTP {response.status_code} {response.text[:200]}")
+            raise RuntimeError(
+                f"Airflow login as {username} failed: HTTP {response.status_code} {response.text[:200]}"
+            )
         self.session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -46,16 +48,22 @@ class AirflowClient:
                 return
             errors = self.import_errors()
             if errors:
-                raise RuntimeError("DAG import errors:\n" + "\n".join(f"{e['filename']}: {e['stack_trace']}" for e in errors))
+                raise RuntimeError(
+                    "DAG import errors:\n" + "\n".join(f"{e['filename']}: {e['stack_trace']}" for e in errors)
+                )
             time.sleep(1)
         raise RuntimeError(f"DAGs {missing} were not parsed within {timeout:.0f} s")
 
     def unpause(self, dag_id: str) -> None:
         self._call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
 
-    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, logical_date: str | None = None) -> str:
+    def trigger(
+        self, dag_id: str, conf: dict[str, Any] | None = None, logical_date: str | None = None
+    ) -> str:
         """Create a manual run; returns its run_id."""
-        run = self._call("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": logical_date, "conf": conf or {}})
+        run = self._call(
+            "POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": logical_date, "conf": conf or {}}
+        )
         return str(run["dag_run_id"])
 
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
@@ -63,7 +71,9 @@ class AirflowClient:
 
     def runs(self, dag_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """Runs of a DAG, newest first."""
-        found = self._call("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": limit})
+        found = self._call(
+            "GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": limit}
+        )
         return list(found["dag_runs"])
 
     def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:

@@ -37,7 +37,9 @@ def batch_key_for(moment: datetime | date | str, batching: BatchingConfig) -> st
         return f"{year:04d}-W{week:02d}"
     if batching.by == "day":
         return stamp.strftime("%Y-%m-%d")
-    raise BatchKeyError("batching.by is 'rows': batches have no date; pass the batch key (e.g. 000001) instead")
+    raise BatchKeyError(
+        "batching.by is 'rows': batches have no date; pass the batch key (e.g. 000001) instead"
+    )
 
 
 def check_key(key: str, batching: BatchingConfig) -> str:

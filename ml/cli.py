@@ -84,7 +84,38 @@ def cmd_history(args: argparse.Namespace) -> int:
     config, paths = _setup(args)
     registry.connect(config, paths)
     for move in registry.history(config):
-        print(f"{move['at']}  {move['alias']}: v{move['from'] or '-'} -> v{move['to']}  by {move['by']}  {move['reason']}")
+        print(
+            f"{move['at']}  {move['alias']}: v{move['from'] or '-'} -> v{move['to']}  by {move['by']}  {move['reason']}"
+        )
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    import getpass
+
+    from ml import registry
+
+    config, paths = _setup(args)
+    registry.connect(config, paths)
+    before, after = registry.rollback(config, args.to, actor=f"cli:{getpass.getuser()}")
+    print(f"champion of {config.model_name}: v{before} -> v{after} (recorded in `loopline history`)")
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from ml import policy
+
+    _, paths = _setup(args)
+    flag = policy.pause_file(paths)
+    if args.action == "pause":
+        flag.parent.mkdir(parents=True, exist_ok=True)
+        flag.touch()
+        print(f"automatic retraining paused ({flag}); drift still alerts")
+    elif args.action == "resume":
+        flag.unlink(missing_ok=True)
+        print("automatic retraining resumed")
+    else:
+        print("paused" if flag.exists() else "active")
     return 0
 
 
@@ -104,11 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--mlflow-port", type=int, default=5000)
     up.set_defaults(handler=cmd_up)
 
-    commands.add_parser("down", help="stop every process `up` or `demo` started").set_defaults(handler=cmd_down)
+    commands.add_parser("down", help="stop every process `up` or `demo` started").set_defaults(
+        handler=cmd_down
+    )
     commands.add_parser("status", help="the champion, its metrics, recent gate decisions").set_defaults(
         handler=cmd_status
     )
     commands.add_parser("history", help="every move of the champion alias").set_defaults(handler=cmd_history)
+    rollback = commands.add_parser("rollback", help="move the champion back (previous, or --to VERSION)")
+    rollback.add_argument("--to", help="version to make champion (default: the previous champion)")
+    rollback.set_defaults(handler=cmd_rollback)
+    retrain = commands.add_parser("retrain", help="pause or resume automatic (drift-triggered) retraining")
+    retrain.add_argument("action", choices=["pause", "resume", "status"])
+    retrain.set_defaults(handler=cmd_retrain)
     return parser
 
 
@@ -116,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except ConfigError as exc:
+    except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

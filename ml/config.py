@@ -29,7 +29,9 @@ class _Strict(BaseModel):
 class SourceConfig(_Strict):
     """Where batches land: a folder of one file per batch (``<batch>.<format>``) or one file batched by time."""
 
-    path: str = Field(description="File or folder, relative to the landing zone (absolute paths must lie in it).")
+    path: str = Field(
+        description="File or folder, relative to the landing zone (absolute paths must lie in it)."
+    )
     format: Literal["csv", "parquet"] = "csv"
 
 
@@ -63,9 +65,14 @@ class BatchingConfig(_Strict):
 class TrainingConfig(_Strict):
     """The training window and XGBoost's hyperparameters (each overridable in the trigger form)."""
 
-    window_batches: int = Field(default=3, ge=1, description="Batches in the training window, holdout included.")
+    window_batches: int = Field(
+        default=3, ge=1, description="Batches in the training window, holdout included."
+    )
     holdout_fraction: float = Field(
-        default=0.3, gt=0, lt=1, description="Latest share (by event time) of the newest batch kept for evaluation."
+        default=0.3,
+        gt=0,
+        lt=1,
+        description="Latest share (by event time) of the newest batch kept for evaluation.",
     )
     num_boost_round: int = Field(default=200, ge=1)
     max_depth: int = Field(default=4, ge=1, le=16)
@@ -75,7 +82,8 @@ class TrainingConfig(_Strict):
     colsample_bytree: float = Field(default=0.9, gt=0, le=1)
     reg_lambda: float = Field(default=1.0, ge=0)
     class_weight: Literal["none", "balanced"] = Field(
-        default="none", description="balanced sets scale_pos_weight to negatives/positives (scores less calibrated)."
+        default="none",
+        description="balanced sets scale_pos_weight to negatives/positives (scores less calibrated).",
     )
     seed: int = 42
 
@@ -85,7 +93,9 @@ class GateConfig(_Strict):
 
     min_roc_auc: float = Field(default=0.6, ge=0, le=1)
     min_pr_auc: float = Field(default=0.0, ge=0, le=1)
-    min_improvement: float = Field(default=0.0, description="Challenger AUC minus champion AUC must reach this.")
+    min_improvement: float = Field(
+        default=0.0, description="Challenger AUC minus champion AUC must reach this."
+    )
     decision_threshold: float = Field(default=0.5, gt=0, lt=1)
     bootstrap_rounds: int = Field(default=200, ge=0)
     bootstrap_lower_bound: float = Field(
@@ -99,10 +109,14 @@ class DriftConfig(_Strict):
     bins: int = Field(default=10, ge=2, le=100)
     psi_warning: float = Field(default=0.1, gt=0)
     psi_critical: float = Field(default=0.25, gt=0)
-    drift_share: float = Field(default=0.3, gt=0, le=1, description="Share of features drifted for dataset drift.")
+    drift_share: float = Field(
+        default=0.3, gt=0, le=1, description="Share of features drifted for dataset drift."
+    )
     min_rows: int = Field(default=500, ge=1, description="Below this the verdict is insufficient_data.")
     retrain_on: Literal["warning", "critical"] = "critical"
-    cooldown_batches: int = Field(default=2, ge=0, description="Batches after a retrain request with no new one.")
+    cooldown_batches: int = Field(
+        default=2, ge=0, description="Batches after a retrain request with no new one."
+    )
     auto_retrain: bool = True
 
     @model_validator(mode="after")
@@ -126,7 +140,9 @@ class AlertsConfig(_Strict):
 class RegistryConfig(_Strict):
     """MLflow: where runs and models go. Tracking URI defaults to SQLite under LOOPLINE_HOME."""
 
-    model_name: str | None = Field(default=None, description="Registered model name; default <dataset>_classifier.")
+    model_name: str | None = Field(
+        default=None, description="Registered model name; default <dataset>_classifier."
+    )
     tracking_uri: str | None = None
     experiment: str | None = None
 
@@ -261,4 +277,8 @@ class Paths:
 
     def tracking_uri(self, config: LooplineConfig) -> str:
         """The MLflow tracking URI: the config's, else SQLite under the home."""
-        return config.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow_db}"
+        return (
+            config.registry.tracking_uri
+            or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{self.mlflow_db}"
+        )

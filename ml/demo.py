@@ -22,7 +22,18 @@ from ml.lake import atomic_write_json
 from ml.stack import Stack, free_port, start_airflow
 
 DAG_IDS = ["loopline_ingest", "loopline_monitor", "loopline_score", "loopline_train"]
-_STATE_FOLDERS = ("airflow", "mlflow", "landing", "lake", "quarantine", "reports", "state", "demo", "logs", "run")
+_STATE_FOLDERS = (
+    "airflow",
+    "mlflow",
+    "landing",
+    "lake",
+    "quarantine",
+    "reports",
+    "state",
+    "demo",
+    "logs",
+    "run",
+)
 
 
 @dataclass(frozen=True)
@@ -76,12 +87,16 @@ def run_demo(
     scenario = options.scenario()
     reset_state(paths)
     files = demo_data.write_landing(scenario, paths.landing / config.dataset.source.path)
-    progress(f"generated {len(files)} monthly batches of ~{options.rows_per_month} loans in {files[0].parent}")
+    progress(
+        f"generated {len(files)} monthly batches of ~{options.rows_per_month} loans in {files[0].parent}"
+    )
     registry.connect(config, paths)
     stack = Stack(paths)
     assert config.config_path is not None
     endpoints = start_airflow(stack, config.config_path, free_port(options.port))
-    progress(f"Airflow is up at {endpoints.airflow_url} (api-server, scheduler, dag-processor; LocalExecutor)")
+    progress(
+        f"Airflow is up at {endpoints.airflow_url} (api-server, scheduler, dag-processor; LocalExecutor)"
+    )
     try:
         client = AirflowClient(endpoints.airflow_url, endpoints.username, endpoints.password)
         client.wait_for_dags(DAG_IDS)
@@ -102,7 +117,9 @@ def _known(client: AirflowClient, dag_id: str) -> set[str]:
     return {run["dag_run_id"] for run in client.runs(dag_id, limit=100)}
 
 
-def _follow(client: AirflowClient, dag_id: str, known: set[str], timeout: float = 600) -> dict[str, Any] | None:
+def _follow(
+    client: AirflowClient, dag_id: str, known: set[str], timeout: float = 600
+) -> dict[str, Any] | None:
     """Wait for the next run of ``dag_id`` that the scheduler creates, then for it to finish."""
     run = client.wait_new_run(dag_id, known, timeout=60)
     if run is None:
@@ -125,7 +142,9 @@ def _drive(
         ingest = client.wait_run("loopline_ingest", run_id)
         entry: dict[str, Any] = {"month": month, "batch": batch, "ingest": ingest["state"]}
         if ingest["state"] != "success":
-            progress(f"{batch}: ingest FAILED the data-quality gate -> quarantined; lake and champion untouched")
+            progress(
+                f"{batch}: ingest FAILED the data-quality gate -> quarantined; lake and champion untouched"
+            )
             timeline.append(entry)
             continue
         monitor = _follow(client, "loopline_monitor", known["loopline_monitor"])
@@ -133,12 +152,16 @@ def _drive(
         entry["score"] = score["state"] if score else "missing"
         results = client.xcom("loopline_monitor", monitor["dag_run_id"], "monitor") if monitor else None
         result = (results or [{}])[-1]
-        entry["monitor"] = {k: result.get(k) for k in ("verdict", "severity", "top_features", "reason", "retrain")}
+        entry["monitor"] = {
+            k: result.get(k) for k in ("verdict", "severity", "top_features", "reason", "retrain")
+        }
         line = f"{batch}: ingested; monitor: {result.get('verdict', 'n/a')}"
         if result.get("verdict") == "drift":
             top = ", ".join(f"{f['column']} {f['psi']:.2f}" for f in result.get("top_features", [])[:3])
             line += f" ({result.get('severity')}: {top}) -> alert sent"
-        progress(line + (f"; {result.get('reason')}" if result.get("verdict") not in (None, "no_drift") else ""))
+        progress(
+            line + (f"; {result.get('reason')}" if result.get("verdict") not in (None, "no_drift") else "")
+        )
         if month == options.bootstrap_months:
             run_id = client.trigger("loopline_train", {})
             progress(f"{batch}: ML engineer triggers loopline_train for the first champion")
@@ -194,7 +217,9 @@ def build_summary(
                 }
             )
     alerts_file = paths.alert_log
-    alerts = [json.loads(line) for line in alerts_file.read_text().splitlines()] if alerts_file.is_file() else []
+    alerts = (
+        [json.loads(line) for line in alerts_file.read_text().splitlines()] if alerts_file.is_file() else []
+    )
     return {
         "dataset": config.dataset.name,
         "model": config.model_name,
@@ -204,8 +229,13 @@ def build_summary(
         "dag_runs": runs,
         "champion_history": registry.history(config),
         "alerts": [
-            {"batch": a["batch"], "severity": a["severity"], "features": [f["column"] for f in a["top_features"]],
-             "action": a["action"], "grouped": a.get("grouped", False)}
+            {
+                "batch": a["batch"],
+                "severity": a["severity"],
+                "features": [f["column"] for f in a["top_features"]],
+                "action": a["action"],
+                "grouped": a.get("grouped", False),
+            }
             for a in alerts
         ],
         "champion_metrics": champion_metrics(config, paths, timeline),
@@ -221,7 +251,9 @@ def _trigger_label(client: AirflowClient, dag_id: str, run: dict[str, Any]) -> s
     return "asset event from " + ", ".join(sources)
 
 
-def champion_metrics(config: LooplineConfig, paths: Paths, timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def champion_metrics(
+    config: LooplineConfig, paths: Paths, timeline: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Per batch: the AUC of the champion when the batch arrived, and of the final champion."""
     from ml import registry
     from ml.evaluate import classification_metrics
@@ -239,10 +271,15 @@ def champion_metrics(config: LooplineConfig, paths: Paths, timeline: list[dict[s
         scored = lake.read(predictions_table(config), [batch])
         y = frame[config.dataset.target].astype(int).to_numpy()
         at_arrival = classification_metrics(y, scored["score"].to_numpy(), config.gate.decision_threshold)
-        row = {"batch": batch, "champion_at_arrival": str(scored["model_version"].iloc[0]),
-               "roc_auc_at_arrival": round(at_arrival["roc_auc"], 4)}
+        row = {
+            "batch": batch,
+            "champion_at_arrival": str(scored["model_version"].iloc[0]),
+            "roc_auc_at_arrival": round(at_arrival["roc_auc"], 4),
+        }
         if final_model is not None and final is not None:
-            latest = classification_metrics(y, registry.predict(final_model, frame), config.gate.decision_threshold)
+            latest = classification_metrics(
+                y, registry.predict(final_model, frame), config.gate.decision_threshold
+            )
             row |= {"final_champion": final.version, "roc_auc_final_champion": round(latest["roc_auc"], 4)}
         rows.append(row)
     return rows
@@ -261,7 +298,8 @@ def print_summary(summary: dict[str, Any], paths: Paths, echo: Callable[[str], N
     echo("  alerts:")
     for alert in summary["alerts"]:
         grouped = " (grouped)" if alert["grouped"] else ""
-        echo(f"    {alert['batch']} {alert['severity']}{grouped}: {', '.join(alert['features'][:4])} -> {alert['action']}")
+        features = ", ".join(alert["features"][:4])
+        echo(f"    {alert['batch']} {alert['severity']}{grouped}: {features} -> {alert['action']}")
     echo("  champion ROC AUC per batch (at arrival -> final champion):")
     for row in summary["champion_metrics"]:
         echo(

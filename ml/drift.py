@@ -9,6 +9,7 @@ the batch is drifted when a configured share of features (or the scores) crosses
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -138,14 +139,16 @@ def _severity(value: float, config: DriftConfig) -> Severity:
     return "none"
 
 
-def _compare_column(column: str, ref: dict[str, Any], current: pd.Series, config: DriftConfig) -> FeatureDrift:
+def _compare_column(
+    column: str, ref: dict[str, Any], current: pd.Series, config: DriftConfig
+) -> FeatureDrift:
     if ref["kind"] == "numeric":
         values = pd.to_numeric(current, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
         cur_shares, missing = _numeric_shares(values, ref["edges"])
         ref_shares = ref["shares"]
         edges = ref["edges"]
         labels = [f"< {edges[0]:.4g}"] if edges else ["all"]
-        labels += [f"{lo:.4g} - {hi:.4g}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+        labels += [f"{lo:.4g} - {hi:.4g}" for lo, hi in itertools.pairwise(edges)]
         labels += [f">= {edges[-1]:.4g}"] if edges else []
         new: list[str] = []
     else:

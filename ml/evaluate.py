@@ -111,19 +111,33 @@ def decide(
     """Apply the promotion gate to two models scored on the same holdout (no champion: minimums only)."""
     challenger = classification_metrics(y, challenger_scores, gate.decision_threshold)
     rules = [
-        Rule("min_roc_auc", challenger["roc_auc"], gate.min_roc_auc, challenger["roc_auc"] >= gate.min_roc_auc),
+        Rule(
+            "min_roc_auc", challenger["roc_auc"], gate.min_roc_auc, challenger["roc_auc"] >= gate.min_roc_auc
+        ),
         Rule("min_pr_auc", challenger["pr_auc"], gate.min_pr_auc, challenger["pr_auc"] >= gate.min_pr_auc),
     ]
     champion = None
     if champion_scores is not None:
         champion = classification_metrics(y, champion_scores, gate.decision_threshold)
         improvement = challenger["roc_auc"] - champion["roc_auc"]
-        rules.append(Rule("min_improvement", improvement, gate.min_improvement, improvement >= gate.min_improvement))
+        rules.append(
+            Rule("min_improvement", improvement, gate.min_improvement, improvement >= gate.min_improvement)
+        )
         if gate.bootstrap_rounds:
             _, low, _ = paired_bootstrap_auc_difference(
-                np.asarray(y), np.asarray(challenger_scores), np.asarray(champion_scores), gate.bootstrap_rounds
+                np.asarray(y),
+                np.asarray(challenger_scores),
+                np.asarray(champion_scores),
+                gate.bootstrap_rounds,
             )
-            rules.append(Rule("bootstrap_auc_diff_p05", low, gate.bootstrap_lower_bound, low > gate.bootstrap_lower_bound))
+            rules.append(
+                Rule(
+                    "bootstrap_auc_diff_p05",
+                    low,
+                    gate.bootstrap_lower_bound,
+                    low > gate.bootstrap_lower_bound,
+                )
+            )
     failed = [rule for rule in rules if not rule.passed]
     if failed:
         reason = "rejected: " + "; ".join(

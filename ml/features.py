@@ -45,7 +45,9 @@ def resolve_features(config: LooplineConfig, columns: pd.Index | list[str], dtyp
         numeric = [
             c
             for c in candidates
-            if c not in explicit_cat and pd.api.types.is_numeric_dtype(dtypes[c]) and not pd.api.types.is_bool_dtype(dtypes[c])
+            if c not in explicit_cat
+            and pd.api.types.is_numeric_dtype(dtypes[c])
+            and not pd.api.types.is_bool_dtype(dtypes[c])
         ]
     else:
         numeric = list(dataset.numeric_features)
@@ -68,8 +70,10 @@ def model_frame(frame: pd.DataFrame, spec: FeatureSpec, vocabulary: dict[str, li
     out = {column: pd.to_numeric(frame[column], errors="coerce").astype("float64") for column in spec.numeric}
     for column in spec.categorical:
         values = frame[column].astype("object").where(frame[column].notna(), None)
+        categories = vocabulary.get(column, [])
         as_text = values.map(lambda v: None if v is None else str(v))
-        out[column] = pd.Categorical(as_text, categories=vocabulary.get(column, []))
+        # Categories unseen in training become missing (never a shifted code).
+        out[column] = pd.Categorical(as_text.where(as_text.isin(categories), None), categories=categories)
     return pd.DataFrame(out, index=frame.index)
 
 

@@ -81,7 +81,11 @@ def read_source(path: Path, file_format: str) -> pd.DataFrame:
 
 
 def clean_batch(
-    config: LooplineConfig, frame: pd.DataFrame, batch: str, source: Path, known_ids: set[object] | None = None
+    config: LooplineConfig,
+    frame: pd.DataFrame,
+    batch: str,
+    source: Path,
+    known_ids: set[object] | None = None,
 ) -> CleanBatch:
     """Enforce the schema on a landed frame and keep the rows of ``batch`` only, each id once."""
     dataset = config.dataset
@@ -91,7 +95,10 @@ def clean_batch(
     if rows_read > dataset.max_batch_rows:
         raise BatchRejected(
             source,
-            [f"{rows_read} rows exceed dataset.max_batch_rows={dataset.max_batch_rows}: split the batch or raise the limit"],
+            [
+                f"{rows_read} rows exceed dataset.max_batch_rows={dataset.max_batch_rows}: "
+                "split the batch or raise the limit"
+            ],
         )
     spec = resolve_features(config, frame.columns, frame.dtypes)
     required = [dataset.id_column, dataset.target, *spec.columns]
@@ -106,10 +113,14 @@ def clean_batch(
         raise BatchRejected(source, problems)
     extra = [c for c in frame.columns if c not in required]
     if extra:
-        warnings.append(f"dropped unexpected column(s) {', '.join(extra)} (add them to the config to use them)")
+        warnings.append(
+            f"dropped unexpected column(s) {', '.join(extra)} (add them to the config to use them)"
+        )
 
     out = pd.DataFrame(index=frame.index)
-    out[dataset.id_column] = frame[dataset.id_column].astype("object").where(frame[dataset.id_column].notna(), None)
+    out[dataset.id_column] = (
+        frame[dataset.id_column].astype("object").where(frame[dataset.id_column].notna(), None)
+    )
     null_ids = out[dataset.id_column].isna()
     if null_ids.any():
         problems.append(f"column {dataset.id_column}: {int(null_ids.sum())} empty id(s) at {_rows(null_ids)}")
@@ -124,7 +135,9 @@ def clean_batch(
     for column in spec.categorical:
         values = frame[column].astype("object")
         out[column] = values.where(values.notna(), None).map(lambda v: None if v is None else str(v))
-    out[dataset.target], problem = _parse_target(frame[dataset.target], dataset.target, dataset.positive_class)
+    out[dataset.target], problem = _parse_target(
+        frame[dataset.target], dataset.target, dataset.positive_class
+    )
     if problem:
         problems.append(problem)
     for column in spec.columns:
@@ -140,7 +153,9 @@ def clean_batch(
     if known_ids:
         seen = out[dataset.id_column].isin(known_ids)
         if seen.any():
-            warnings.append(f"dropped {int(seen.sum())} row(s) whose id is already in another batch of the lake")
+            warnings.append(
+                f"dropped {int(seen.sum())} row(s) whose id is already in another batch of the lake"
+            )
             duplicates += int(seen.sum())
             out = out[~seen]
     if duplicates:
@@ -160,7 +175,10 @@ def _parse_numeric(values: pd.Series, column: str) -> tuple[pd.Series, str | Non
     bad = values.notna() & parsed.isna()
     if bad.any():
         examples = ", ".join(repr(v) for v in values[bad].head(_MAX_EXAMPLES).tolist())
-        return parsed, f"column {column}: non-numeric value(s) {examples} at {_rows(bad)} (fix them or leave empty)"
+        return (
+            parsed,
+            f"column {column}: non-numeric value(s) {examples} at {_rows(bad)} (fix them or leave empty)",
+        )
     return parsed, None
 
 
@@ -170,7 +188,10 @@ def _parse_time(values: pd.Series, column: str) -> tuple[pd.Series, str | None]:
     bad = parsed.isna()
     if bad.any():
         examples = ", ".join(repr(v) for v in values[bad].head(_MAX_EXAMPLES).tolist())
-        return parsed, f"column {column}: missing or unparsable time(s) {examples} at {_rows(bad)} (use ISO 8601)"
+        return (
+            parsed,
+            f"column {column}: missing or unparsable time(s) {examples} at {_rows(bad)} (use ISO 8601)",
+        )
     return parsed, None
 
 
@@ -183,7 +204,10 @@ def _parse_target(values: pd.Series, column: str, positive: object) -> tuple[pd.
         # A numeric positive class may be written as 1.0 by some exporters.
         normalised = {c: c.removesuffix(".0") for c in classes}
         if str(positive) not in normalised.values():
-            return text, f"column {column}: positive class {positive!r} never occurs (classes seen: {classes})"
+            return (
+                text,
+                f"column {column}: positive class {positive!r} never occurs (classes seen: {classes})",
+            )
         text = text.map(lambda v: None if v is None else normalised[v])
     labelled = text.map(lambda v: None if v is None else int(v == str(positive)))
     return labelled.astype("Int64"), None
@@ -198,7 +222,9 @@ def _rows_of_batch(
             return frame
         first, last = row_range_of(batch, config.batching)
         if first >= len(frame):
-            raise FileNotFoundError(f"{source}: has {len(frame)} rows; batch {batch} (rows {first}..) has not landed")
+            raise FileNotFoundError(
+                f"{source}: has {len(frame)} rows; batch {batch} (rows {first}..) has not landed"
+            )
         return frame.iloc[first:last]
     time_column = config.dataset.time_column
     assert time_column is not None

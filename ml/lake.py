@@ -105,7 +105,9 @@ class Lake:
                 },
             )
         except OSError as exc:
-            raise LakeError(f"cannot write lake partition {folder}: {exc} (check the folder is writable)") from exc
+            raise LakeError(
+                f"cannot write lake partition {folder}: {exc} (check the folder is writable)"
+            ) from exc
         return Partition(table, batch, folder, len(frame), digest)
 
     def batches(self, table: str) -> list[str]:
@@ -134,7 +136,9 @@ class Lake:
         for batch in batches:
             data_file = self.partition_dir(table, batch) / DATA_FILE
             if not data_file.is_file():
-                raise LakeError(f"no partition {table}/batch={batch} in {self.root} (ingest that batch first)")
+                raise LakeError(
+                    f"no partition {table}/batch={batch} in {self.root} (ingest that batch first)"
+                )
             files.append(data_file)
         if not files:
             raise LakeError(f"no batches requested from table {table!r}")

@@ -29,6 +29,9 @@ class LooplineModel(mlflow.pyfunc.PythonModel):
         self.booster.load_model(context.artifacts[BOOSTER_ARTIFACT])
 
     def predict(
-        self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+        self,
+        context: mlflow.pyfunc.PythonModelContext,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
     ) -> np.ndarray:
         return predict(self.booster, model_input)

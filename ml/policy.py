@@ -48,7 +48,9 @@ def decide_retrain(
     """Apply severity, pause and cooldown to a drift result; ``batch_order`` is the lake's batches in order."""
     needed = config.drift.retrain_on
     if result.verdict != "drift" or _RANK[result.severity] < _RANK[needed]:
-        return PolicyDecision(False, f"no retrain: severity {result.severity} is below drift.retrain_on={needed}")
+        return PolicyDecision(
+            False, f"no retrain: severity {result.severity} is below drift.retrain_on={needed}"
+        )
     if not config.drift.auto_retrain or pause_file(paths).exists():
         return PolicyDecision(False, "no retrain: automatic retraining is paused (loopline retrain resume)")
     position = {batch: i for i, batch in enumerate(batch_order)}

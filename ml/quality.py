@@ -97,7 +97,9 @@ def load_suite(path: Path) -> dict[str, Any]:
     for position, item in enumerate(expectations):
         severity = _severity_of(item)
         if severity not in {"critical", "warning", "info"}:
-            raise SuiteError(f"{path}: expectation #{position + 1} has severity {severity!r}; use critical or warning")
+            raise SuiteError(
+                f"{path}: expectation #{position + 1} has severity {severity!r}; use critical or warning"
+            )
     return document
 
 
@@ -114,7 +116,9 @@ def validate(frame: pd.DataFrame, suite_path: Path) -> GateResult:
     document = load_suite(suite_path)
     for item in document["expectations"]:
         item["severity"] = _severity_of(item)
-    suite = gx.ExpectationSuite(**{k: v for k, v in document.items() if k in {"name", "expectations", "meta"}})
+    suite = gx.ExpectationSuite(
+        **{k: v for k, v in document.items() if k in {"name", "expectations", "meta"}}
+    )
     if len(suite.expectations) != len(document["expectations"]):
         kept = {e.expectation_type for e in suite.expectations}
         lost = [e.get("type") for e in document["expectations"] if e.get("type") not in kept]
@@ -160,7 +164,12 @@ def _plain(value: Any) -> Any:
 
 
 def quarantine(
-    folder: Path, source: Path, reason: str, result: GateResult | None, frame: pd.DataFrame | None, move_source: bool
+    folder: Path,
+    source: Path,
+    reason: str,
+    result: GateResult | None,
+    frame: pd.DataFrame | None,
+    move_source: bool,
 ) -> Path:
     """Put a rejected batch aside with why: the landed file (moved or copied) and the validation result."""
     folder.mkdir(parents=True, exist_ok=True)

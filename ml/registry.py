@@ -8,6 +8,7 @@ registered-model tags (``history.000001`` ...), readable with ``loopline history
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -126,10 +127,8 @@ def _run(experiment_id: str, **kwargs: Any) -> Iterator[Any]:
     try:
         yield run
     except BaseException:
-        try:
+        with contextlib.suppress(Exception):  # the original error matters more than a failed end_run
             mlflow.end_run(status="FAILED")
-        except Exception:  # noqa: BLE001 - the original error matters more than a failed end_run
-            pass
         raise
     mlflow.end_run()
 
@@ -187,7 +186,9 @@ def log_training_run(
             pip_requirements=_requirements(),
         )
         version = mlflow.register_model(
-            info.model_uri, config.model_name, tags={"run_name": run_name, "window": tags.get("loopline.window", "")}
+            info.model_uri,
+            config.model_name,
+            tags={"run_name": run_name, "window": tags.get("loopline.window", "")},
         )
         mlflow.set_tag("loopline.model_version", str(version.version))
         return VersionRef(config.model_name, str(version.version), run.info.run_id)
@@ -206,7 +207,9 @@ def _log_dataset_inputs(config: LooplineConfig, train: pd.DataFrame, partitions:
             digest=partition.sha256[:32],
             targets=config.dataset.target,
         )
-        mlflow.log_input(dataset, context="training", tags={"rows": str(partition.rows), "sha256": partition.sha256})
+        mlflow.log_input(
+            dataset, context="training", tags={"rows": str(partition.rows), "sha256": partition.sha256}
+        )
 
 
 def _requirements() -> list[str]:
@@ -256,6 +259,37 @@ def promote(
     append_history(config, CHAMPION, current_version, challenger.version, reason, actor)
 
 
+def rollback(config: LooplineConfig, to_version: str | None, actor: str) -> tuple[str | None, str]:
+    """Move ``champion`` back to ``to_version`` (default: the champion before the current one).
+
+    Returns (from, to). The target must be a registered version that passed the gate or was champion before.
+    """
+    current = champion(config)
+    if current is None:
+        raise ValueError(f"model {config.model_name} has no champion to roll back")
+    moves = history(config)
+    if to_version is None:
+        previous = [
+            m["from"] for m in moves if m["alias"] == CHAMPION and m["to"] == current.version and m["from"]
+        ]
+        if not previous:
+            raise ValueError(
+                f"champion v{current.version} has no previous champion: name one with --to VERSION"
+            )
+        to_version = previous[-1]
+    known = {v["version"]: v["tags"] for v in versions(config)}
+    if to_version not in known:
+        raise ValueError(
+            f"model {config.model_name} has no version {to_version} (versions: {', '.join(known)})"
+        )
+    was_champion = any(m["to"] == to_version for m in moves)
+    if known[to_version].get("gate") != "passed" and not was_champion:
+        raise ValueError(f"version {to_version} never passed the gate: refusing to make it champion")
+    _client().set_registered_model_alias(config.model_name, CHAMPION, to_version)
+    append_history(config, CHAMPION, current.version, to_version, f"rollback from v{current.version}", actor)
+    return current.version, to_version
+
+
 def append_history(
     config: LooplineConfig, alias: str, from_version: str | None, to_version: str, reason: str, actor: str
 ) -> None:
@@ -271,7 +305,9 @@ def append_history(
         "reason": reason[:2000],
         "by": actor,
     }
-    client.set_registered_model_tag(config.model_name, f"history.{max(numbers, default=0) + 1:06d}", json.dumps(entry))
+    client.set_registered_model_tag(
+        config.model_name, f"history.{max(numbers, default=0) + 1:06d}", json.dumps(entry)
+    )
 
 
 def history(config: LooplineConfig) -> list[dict[str, Any]]:

@@ -26,7 +26,9 @@ def _html(result: DriftResult, context: dict[str, Any]) -> str:
         name = "prediction score" if feature.column == SCORE else feature.column
         bars = "".join(
             f"<tr><td>{html.escape(label)}</td><td>{ref:.3f}</td><td>{cur:.3f}</td></tr>"
-            for label, ref, cur in zip(feature.labels, feature.reference_shares, feature.current_shares, strict=False)
+            for label, ref, cur in zip(
+                feature.labels, feature.reference_shares, feature.current_shares, strict=False
+            )
         )
         rows.append(
             f"<tr class='{feature.severity}'><td>{html.escape(name)}</td><td>{feature.kind}</td>"
@@ -36,7 +38,9 @@ def _html(result: DriftResult, context: dict[str, Any]) -> str:
             f"<td><details><summary>bins</summary><table><tr><th>bin</th><th>reference</th><th>current</th></tr>"
             f"{bars}</table></details></td></tr>"
         )
-    meta = "".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>" for k, v in context.items())
+    meta = "".join(
+        f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>" for k, v in context.items()
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Drift report {html.escape(result.batch)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
@@ -48,5 +52,5 @@ td,th{{border:1px solid #ccc;padding:4px 8px}} tr.critical{{background:#fdd}} tr
 <ul>{meta}</ul>
 <table><tr><th>column</th><th>kind</th><th>PSI</th><th>JS distance</th><th>missing rate</th>
 <th>new categories</th><th>severity</th><th>distribution</th></tr>
-{''.join(rows)}</table></body></html>
+{"".join(rows)}</table></body></html>
 """

@@ -8,6 +8,7 @@ the SQLite store. Every process's pid is written to ``$LOOPLINE_HOME/run/<name>.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -142,11 +143,18 @@ class Stack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if name in self.running():
-            raise RuntimeError(f"{name} is already running (pid {self.running()[name]}): run `loopline down` first")
+            raise RuntimeError(
+                f"{name} is already running (pid {self.running()[name]}): run `loopline down` first"
+            )
         with (self.log_dir / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(
-                command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=self.paths.home,
+                command,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.paths.home,
             )
         self._pid_file(name).write_text(f"{process.pid}\n")
         return process.pid
@@ -185,17 +193,17 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def migrate_airflow_db(env: dict[str, str], log_file: Path) -> None:
     """Create or upgrade the Airflow metadata DB (idempotent)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log:
-        done = subprocess.run([_bin("airflow"), "db", "migrate"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        done = subprocess.run(
+            [_bin("airflow"), "db", "migrate"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     if done.returncode != 0:
         raise RuntimeError(f"`airflow db migrate` failed; see {log_file}")
 
@@ -210,18 +218,26 @@ def start_airflow(stack: Stack, config_file: Path, port: int) -> Endpoints:
     stack.start("airflow-dag-processor", [airflow, "dag-processor"], env)
     url = f"http://127.0.0.1:{port}"
     wait_healthy(f"{url}/api/v2/monitor/health", "Airflow", stack, timeout=180)
-    try:
+    with contextlib.suppress(requests.RequestException):  # warms the Execution API (first call is slow)
         requests.get(f"{url}/execution/health", timeout=30)
-    except requests.RequestException:
-        pass
     return Endpoints(url, None, AIRFLOW_USER, airflow_password(stack.paths))
 
 
 def start_mlflow_ui(stack: Stack, tracking_uri: str, port: int) -> str:
     """Serve the MLflow UI over the given store on 127.0.0.1; returns its URL once healthy."""
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    command = [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-               "--backend-store-uri", tracking_uri]
+    command = [
+        _bin("mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        tracking_uri,
+    ]
     stack.start("mlflow-ui", command, env)
     url = f"http://127.0.0.1:{port}"
     wait_healthy(f"{url}/health", "MLflow", stack, timeout=120)

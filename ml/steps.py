@@ -54,7 +54,9 @@ def ingest_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str, 
     result = quality.validate(clean.frame, config.suite_path())
     if not result.passed:
         result.quarantined_to = str(quarantine_dir)
-        quality.quarantine(quarantine_dir, source, "data-quality gate failed", result, clean.frame, whole_file)
+        quality.quarantine(
+            quarantine_dir, source, "data-quality gate failed", result, clean.frame, whole_file
+        )
         raise quality.QualityGateFailed(f"{source} (batch {batch})", result)
     for warning in clean.warnings:
         log.warning("%s: %s", source, warning)
@@ -136,8 +138,12 @@ def train_challenger(
         run_name=run_name,
         tags={**tags, "loopline.window": f"{batches[0]}..{batches[-1]}"},
     )
-    return {"version": ref.version, "run_id": ref.run_id, "train_rows": len(split.train),
-            "holdout_rows": len(split.holdout)}
+    return {
+        "version": ref.version,
+        "run_id": ref.run_id,
+        "train_rows": len(split.train),
+        "holdout_rows": len(split.holdout),
+    }
 
 
 def evaluate_challenger(
@@ -210,8 +216,12 @@ def monitor_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str,
     registry.connect(config, paths)
     current = registry.champion(config)
     if current is None:
-        return {"batch": batch, "verdict": "no_champion", "retrain": False,
-                "reason": "no champion yet: nothing to compare against (train the first model)"}
+        return {
+            "batch": batch,
+            "verdict": "no_champion",
+            "retrain": False,
+            "reason": "no champion yet: nothing to compare against (train the first model)",
+        }
     frame = lake_of(paths).read(config.dataset.name, [batch])
     scores = registry.predict(registry.load_model(current), frame)
     result = drift.compare(registry.load_profile(current), frame, scores, batch, config.drift)
@@ -221,8 +231,12 @@ def monitor_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str,
     json_path, html_path = reports.write_drift_report(
         paths.reports / "drift" / config.dataset.name,
         result,
-        {"dataset": config.dataset.name, "model": config.model_name, "champion_version": current.version,
-         "policy": decision.reason},
+        {
+            "dataset": config.dataset.name,
+            "model": config.model_name,
+            "champion_version": current.version,
+            "policy": decision.reason,
+        },
     )
     return {
         "batch": batch,
@@ -236,8 +250,11 @@ def monitor_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str,
         "reason": decision.reason,
         "report_html": str(html_path),
         "report_json": str(json_path),
-        "recent_batches": order[max(0, order.index(batch) - config.drift.cooldown_batches):order.index(batch)]
-        if batch in order else [],
+        "recent_batches": order[
+            max(0, order.index(batch) - config.drift.cooldown_batches) : order.index(batch)
+        ]
+        if batch in order
+        else [],
     }
 
 
@@ -258,12 +275,18 @@ def score_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str, A
     out["score"] = scores
     out["model_version"] = current.version
     partition = lake_of(paths).write(predictions_table(config), batch, out)
-    summary: dict[str, Any] = {"batch": batch, "scored": True, "rows": partition.rows,
-                               "champion_version": current.version}
+    summary: dict[str, Any] = {
+        "batch": batch,
+        "scored": True,
+        "rows": partition.rows,
+        "champion_version": current.version,
+    }
     labelled = frame[dataset.target].notna().to_numpy()
     if labelled.any():
         metrics = classification_metrics(
-            frame.loc[labelled, dataset.target].astype(int).to_numpy(), scores[labelled], config.gate.decision_threshold
+            frame.loc[labelled, dataset.target].astype(int).to_numpy(),
+            scores[labelled],
+            config.gate.decision_threshold,
         )
         summary["roc_auc"] = metrics["roc_auc"]
     return summary

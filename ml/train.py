@@ -52,7 +52,7 @@ def split_holdout(older: pd.DataFrame, newest: pd.DataFrame, config: LooplineCon
     newest = newest[newest[target].notna()]
     time_column = config.dataset.time_column
     ordered = newest.sort_values(time_column, kind="stable") if time_column else newest
-    cut = int(round(len(ordered) * (1 - config.training.holdout_fraction)))
+    cut = round(len(ordered) * (1 - config.training.holdout_fraction))
     train = pd.concat([older, ordered.iloc[:cut]], ignore_index=True)
     holdout = ordered.iloc[cut:].reset_index(drop=True)
     return Split(train, holdout)

@@ -39,12 +39,12 @@ class DriftAlertNotifier(BaseNotifier):
         if config.alerts.webhook_url:
             try:
                 alerts.send_webhook(config.alerts.webhook_url, document)
-            except Exception as exc:  # noqa: BLE001 - try every channel, then fail loudly
+            except Exception as exc:
                 failures.append(f"webhook {config.alerts.webhook_url}: {exc}")
         if config.alerts.email_to and config.alerts.smtp_host:
             try:
                 alerts.send_email(config.alerts, document)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 failures.append(f"email via {config.alerts.smtp_host}: {exc}")
         if failures:
             raise RuntimeError("alert written to the local log but not delivered to: " + "; ".join(failures))

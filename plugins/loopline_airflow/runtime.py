@@ -33,7 +33,9 @@ def batch_for_run(context: Any, requested: str | None) -> str:
         return check_key(str(requested).strip(), batching)
     moment = context.get("data_interval_start") or context.get("logical_date")
     if moment is None:
-        raise ValueError("this run has no logical date: set the 'batch' parameter in the trigger form (e.g. 2025-03)")
+        raise ValueError(
+            "this run has no logical date: set the 'batch' parameter in the trigger form (e.g. 2025-03)"
+        )
     return batch_key_for(moment, batching)
 
 

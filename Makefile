@@ -1,0 +1,44 @@
+# Loopline: every target sets itself up (creates .venv with the project installed when missing).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+export MLFLOW_DISABLE_TELEMETRY := true
+export GX_ANALYTICS_ENABLED := false
+
+.PHONY: demo test test-fast test-e2e lint up down status clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+demo: $(STAMP)          ## the whole loop through a real Airflow scheduler (about 3-5 minutes)
+	$(BIN)/loopline demo
+
+test: $(STAMP)          ## every test: unit, DAG integrity, end to end
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)     ## the quick unit tests (no Airflow scheduler, no GE/MLflow start-up)
+	$(BIN)/python -m pytest -m fast
+
+test-e2e: $(STAMP)
+	$(BIN)/python -m pytest -m e2e
+
+lint: $(STAMP)
+	$(BIN)/ruff check ml dags plugins tests
+
+up: $(STAMP)            ## serve the Airflow and MLflow UIs over the demo's state (127.0.0.1)
+	$(BIN)/loopline up
+
+down: $(STAMP)
+	$(BIN)/loopline down
+
+status: $(STAMP)
+	$(BIN)/loopline status
+
+clean: down
+	rm -rf .loopline

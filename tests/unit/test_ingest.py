@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ml.demo_data import Scenario, generate_month
+from ml.ingest import BatchRejected, clean_batch, landing_path, read_source
+
+pytestmark = pytest.mark.fast
+BATCH = "2025-01"
+
+
+@pytest.fixture
+def month() -> pd.DataFrame:
+    return generate_month(Scenario(rows_per_month=600, incident_months=()), 1)
+
+
+def _csv(tmp_path: Path, frame: pd.DataFrame, name: str = f"{BATCH}.csv") -> Path:
+    file = tmp_path / name
+    frame.to_csv(file, index=False)
+    return file
+
+
+def test_clean_month_passes_and_drops_duplicates(config, tmp_path: Path, month: pd.DataFrame) -> None:
+    source = _csv(tmp_path, month)
+    clean = clean_batch(config, read_source(source, "csv"), BATCH, source)
+    assert clean.frame["loan_id"].is_unique
+    assert clean.duplicates_dropped == len(month) - month["loan_id"].nunique() > 0
+    assert set(clean.frame["defaulted"].unique()) <= {0, 1}
+
+
+def test_ids_already_in_the_lake_are_dropped(config, tmp_path: Path, month: pd.DataFrame) -> None:
+    source = _csv(tmp_path, month)
+    known = set(month["loan_id"].head(10))
+    clean = clean_batch(config, read_source(source, "csv"), BATCH, source, known)
+    assert not clean.frame["loan_id"].isin(known).any()
+
+
+def test_missing_column_names_it_and_the_fix(config, tmp_path: Path, month: pd.DataFrame) -> None:
+    source = _csv(tmp_path, month.drop(columns=["credit_score"]))
+    with pytest.raises(BatchRejected, match=r"missing required column\(s\) credit_score.*restore"):
+        clean_batch(config, read_source(source, "csv"), BATCH, source)
+
+
+def test_non_numeric_value_names_column_rows_and_value(config, tmp_path: Path, month: pd.DataFrame) -> None:
+    broken = month.astype({"age": "object"})
+    broken.loc[3, "age"] = "forty"
+    source = _csv(tmp_path, broken)
+    with pytest.raises(BatchRejected, match=r"column age: non-numeric value\(s\) 'forty' at row\(s\) 4"):
+        clean_batch(config, read_source(source, "csv"), BATCH, source)
+
+
+def test_rows_outside_the_batch_window_are_refused(config, tmp_path: Path, month: pd.DataFrame) -> None:
+    shifted = month.copy()
+    shifted.loc[0, "applied_at"] = pd.Timestamp("2024-12-31")
+    source = _csv(tmp_path, shifted)
+    with pytest.raises(BatchRejected, match="outside the batch window"):
+        clean_batch(config, read_source(source, "csv"), BATCH, source)
+
+
+def test_unparsable_time_is_named(config, tmp_path: Path, month: pd.DataFrame) -> None:
+    broken = month.astype({"applied_at": "object"})
+    broken.loc[1, "applied_at"] = "yesterday"
+    source = _csv(tmp_path, broken)
+    with pytest.raises(BatchRejected, match=r"column applied_at: missing or unparsable time.*'yesterday'"):
+        clean_batch(config, read_source(source, "csv"), BATCH, source)
+
+
+def test_third_class_in_target_is_refused(config, tmp_path: Path, month: pd.DataFrame) -> None:
+    broken = month.copy()
+    broken.loc[0, "defaulted"] = 2
+    source = _csv(tmp_path, broken)
+    with pytest.raises(BatchRejected, match="3 classes"):
+        clean_batch(config, read_source(source, "csv"), BATCH, source)
+
+
+def test_all_null_column_is_refused(config, tmp_path: Path, month: pd.DataFrame) -> None:
+    source = _csv(tmp_path, month.assign(region=None))
+    with pytest.raises(BatchRejected, match="column region: every value is empty"):
+        clean_batch(config, read_source(source, "csv"), BATCH, source)
+
+
+def test_extra_column_is_dropped_with_a_warning(config, tmp_path: Path, month: pd.DataFrame) -> None:
+    source = _csv(tmp_path, month.assign(surprise=1))
+    clean = clean_batch(config, read_source(source, "csv"), BATCH, source)
+    assert "surprise" not in clean.frame.columns
+    assert any("surprise" in w for w in clean.warnings)
+
+
+def test_too_many_rows_are_refused(config, tmp_path: Path, month: pd.DataFrame) -> None:
+    small = config.model_copy(update={"dataset": config.dataset.model_copy(update={"max_batch_rows": 10})})
+    source = _csv(tmp_path, month)
+    with pytest.raises(BatchRejected, match="max_batch_rows"):
+        clean_batch(small, read_source(source, "csv"), BATCH, source)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "empty"),
+        (b"loan_id,applied_at\n", "header but no rows"),
+        (b'a,b\n1,2\n3,"4\n', "malformed CSV"),
+    ],
+)
+def test_unreadable_csv_files(tmp_path: Path, content: bytes, message: str) -> None:
+    file = tmp_path / "x.csv"
+    file.write_bytes(content)
+    with pytest.raises(BatchRejected, match=message):
+        read_source(file, "csv")
+
+
+def test_corrupt_parquet(tmp_path: Path) -> None:
+    file = tmp_path / "x.parquet"
+    file.write_bytes(b"PAR1 not really")
+    with pytest.raises(BatchRejected, match="not a readable Parquet file"):
+        read_source(file, "parquet")
+
+
+def test_source_outside_the_landing_zone_is_refused(config, paths) -> None:
+    escaping = config.model_copy(
+        update={
+            "dataset": config.dataset.model_copy(
+                update={"source": config.dataset.source.model_copy(update={"path": "../../etc"})}
+            )
+        }
+    )
+    with pytest.raises(BatchRejected, match="outside the landing zone"):
+        landing_path(escaping, paths, BATCH)

@@ -1,0 +1,94 @@
+"""The loop's steps in process, with the real lake, Great Expectations, XGBoost and MLflow (SQLite)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ml import demo_data, registry, steps
+from ml.ingest import BatchRejected
+
+
+@pytest.fixture
+def landed(config, paths, scenario):
+    demo_data.write_landing(scenario, paths.landing / "loans")
+    return scenario
+
+
+def _train(config, paths, end_batch=None, overrides=None, promote=True):
+    window = steps.plan_training(config, paths, end_batch, None)
+    summary = steps.validate_window(config, paths, window["batches"])
+    trained = steps.train_challenger(config, paths, window["batches"], overrides or {}, summary, "t", {})
+    evaluation = steps.evaluate_challenger(config, paths, window["batches"], trained["version"])
+    return (
+        trained,
+        evaluation,
+        steps.promote_challenger(config, paths, trained["version"], evaluation, promote, "t"),
+    )
+
+
+def test_loop_in_process(config, paths, landed) -> None:
+    for month in (1, 2, 3):
+        steps.ingest_batch(config, paths, landed.batch_key(month))
+    again = steps.ingest_batch(config, paths, landed.batch_key(3))
+    assert again["sha256"] == steps.lake_of(paths).partition("loans", landed.batch_key(3)).sha256
+    assert steps.lake_of(paths).batches("loans") == [landed.batch_key(m) for m in (1, 2, 3)]
+
+    trained, evaluation, promotion = _train(config, paths)
+    assert promotion["promoted"] and promotion["champion_version"] == trained["version"] == "1"
+    assert registry.champion(config).version == "1"
+
+    # A crippled challenger (one shallow tree) must not replace the champion.
+    worse, evaluation, promotion = _train(config, paths, overrides={"num_boost_round": 1, "max_depth": 1})
+    assert not evaluation["promote"] and not promotion["promoted"]
+    assert registry.champion(config).version == "1"
+    tags = {v["version"]: v["tags"] for v in registry.versions(config)}
+    assert tags[worse["version"]]["gate"] == "rejected"
+    assert "rejected" in tags[worse["version"]]["gate_reason"]
+
+    # promote=false trains and evaluates but leaves the champion.
+    _, evaluation, promotion = _train(config, paths, promote=False)
+    assert registry.champion(config).version == "1"
+    assert not promotion["promoted"]
+
+    # The incident batch is quarantined, the lake and champion untouched.
+    with pytest.raises(BatchRejected, match="interest_rate"):
+        steps.ingest_batch(config, paths, landed.batch_key(5))
+    assert landed.batch_key(5) not in steps.lake_of(paths).batches("loans")
+    assert (paths.quarantine / "loans" / landed.batch_key(5) / "reason.json").is_file()
+    with pytest.raises(FileNotFoundError, match="quarantine"):
+        steps.ingest_batch(config, paths, landed.batch_key(5))
+
+    stable = steps.monitor_batch(config, paths, landed.batch_key(3))
+    assert stable["verdict"] == "no_drift"
+    for month in (4, 6, 7):
+        steps.ingest_batch(config, paths, landed.batch_key(month))
+    shifted = steps.monitor_batch(config, paths, landed.batch_key(7))
+    assert shifted["verdict"] == "drift" and shifted["retrain"]
+    assert shifted["top_features"]
+    scored = steps.score_batch(config, paths, landed.batch_key(7))
+    assert scored["rows"] > 0 and scored["champion_version"] == "1"
+
+    history = registry.history(config)
+    assert [(h["from"], h["to"]) for h in history] == [(None, "1")]
+
+
+def test_rollback_restores_the_previous_champion_and_history_shows_both(config, paths, landed) -> None:
+    for month in (1, 2, 3):
+        steps.ingest_batch(config, paths, landed.batch_key(month))
+    _train(config, paths)
+    second, _, _ = _train(config, paths, overrides={"seed": 7}, promote=False)
+    assert registry.champion(config).version == "1"
+    registry.promote(
+        config,
+        registry.VersionRef(config.model_name, second["version"], second["run_id"]),
+        "1",
+        "forced for the test",
+        "test",
+    )
+    assert registry.champion(config).version == second["version"]
+    with pytest.raises(registry.PromotionConflict):
+        registry.promote(config, registry.VersionRef(config.model_name, "1", ""), "1", "stale", "test")
+    assert registry.rollback(config, None, "test") == (second["version"], "1")
+    assert registry.champion(config).version == "1"
+    moves = [(m["from"], m["to"]) for m in registry.history(config)]
+    assert moves == [(None, "1"), ("1", second["version"]), (second["version"], "1")]

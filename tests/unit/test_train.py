@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml.demo_data import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TARGET, Scenario, generate_month
+from ml.features import FeatureSpec
+from ml.train import TrainingDataError, feature_importance, fit, hyperparameters, predict
+
+pytestmark = pytest.mark.fast
+SPEC = FeatureSpec(tuple(NUMERIC_FEATURES), tuple(CATEGORICAL_FEATURES))
+
+
+@pytest.fixture(scope="module")
+def data() -> pd.DataFrame:
+    return generate_month(Scenario(rows_per_month=3000, incident_months=()), 1)
+
+
+def test_fit_and_predict_raw_rows(config, data: pd.DataFrame) -> None:
+    booster = fit(data, SPEC, TARGET, hyperparameters(config.training, {"num_boost_round": 30}))
+    scores = predict(booster, data)
+    assert scores.shape == (len(data),)
+    assert ((scores > 0) & (scores < 1)).all()
+    assert scores[data[TARGET] == 1].mean() > scores[data[TARGET] == 0].mean()
+    assert sum(feature_importance(booster).values()) == pytest.approx(1)
+
+
+def test_unseen_category_scores_like_missing_and_does_not_shift_others(config, data: pd.DataFrame) -> None:
+    booster = fit(data, SPEC, TARGET, hyperparameters(config.training, {"num_boost_round": 20}))
+    row = data.head(1).copy()
+    unseen = row.assign(purpose="crypto")
+    missing = row.assign(purpose=None)
+    assert predict(booster, unseen)[0] == pytest.approx(predict(booster, missing)[0])
+    reordered = data.head(50).iloc[::-1]
+    assert np.allclose(predict(booster, reordered)[::-1], predict(booster, data.head(50)))
+
+
+def test_single_class_window_is_refused(config, data: pd.DataFrame) -> None:
+    with pytest.raises(TrainingDataError, match="single class"):
+        fit(data.assign(**{TARGET: 0}), SPEC, TARGET, hyperparameters(config.training))
+
+
+def test_unknown_override_is_refused(config) -> None:
+    with pytest.raises(KeyError, match="unknown training parameter"):
+        hyperparameters(config.training, {"depth": 3})
