@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from ml.config import ConfigError, LooplineConfig, Paths, load_config
@@ -84,8 +85,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     config, paths = _setup(args)
     registry.connect(config, paths)
     for move in registry.history(config):
+        refused = "  (REFUSED)" if move["outcome"] != "moved" else ""
         print(
-            f"{move['at']}  {move['alias']}: v{move['from'] or '-'} -> v{move['to']}  by {move['by']}  {move['reason']}"
+            f"{move['at']}  {move['alias']}: v{move['from'] or '-'} -> v{move['to']}{refused}  "
+            f"by {move['by']}  {move['reason']}"
         )
     return 0
 
@@ -119,6 +122,51 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from ml import quality
+    from ml.ingest import landing_path
+
+    config, paths = _setup(args)
+    folder = paths.quarantine / config.dataset.name
+    if args.action == "list":
+        entries = quality.quarantined(folder)
+        for entry in entries:
+            first_line = str(entry["reason"]).splitlines()[0][:160]
+            print(f"{entry['batch']}  {entry['quarantined_at']}  {first_line}\n    {entry['path']}")
+        if not entries:
+            print(f"no quarantined batches of {config.dataset.name}")
+        return 0
+    if not args.batch:
+        raise ValueError(f"`loopline quarantine {args.action}` needs the batch, e.g. 2025-05")
+    if args.action == "release":
+        target = landing_path(config, paths, args.batch)
+        quality.release(folder / args.batch, target)
+        print(
+            f"released {args.batch} to {target}; ingest it again (trigger loopline_ingest with batch={args.batch})"
+        )
+    else:
+        quality.drop(folder / args.batch, paths.state / "quarantine_dropped.jsonl")
+        print(
+            f"dropped quarantined batch {args.batch} (recorded in {paths.state / 'quarantine_dropped.jsonl'})"
+        )
+    return 0
+
+
+def cmd_expectations(args: argparse.Namespace) -> int:
+    from ml import steps
+    from ml.lake import atomic_write_json
+
+    config, paths = _setup(args)
+    batches = args.batches.split(",") if args.batches else None
+    suite = steps.suggest_expectations(config, paths, batches)
+    target = Path(args.out) if args.out else config.suite_path()
+    if target.exists() and not args.force and not args.out:
+        target = target.with_suffix(".suggested.json")
+    atomic_write_json(target, suite)
+    print(f"wrote {len(suite['expectations'])} expectations to {target}; review them before use")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loopline", description="The retraining loop for tabular models.")
     parser.add_argument("--config", help="config file (default: $LOOPLINE_CONFIG or ./loopline.yaml)")
@@ -142,6 +190,22 @@ def build_parser() -> argparse.ArgumentParser:
         handler=cmd_status
     )
     commands.add_parser("history", help="every move of the champion alias").set_defaults(handler=cmd_history)
+    quarantine = commands.add_parser("quarantine", help="list, release or drop batches that failed the gate")
+    quarantine.add_argument("action", choices=["list", "release", "drop"])
+    quarantine.add_argument("batch", nargs="?", help="batch key (for release and drop)")
+    quarantine.set_defaults(handler=cmd_quarantine)
+    expectations = commands.add_parser(
+        "expectations", help="suggest a Great Expectations suite from the lake"
+    )
+    expectations.add_argument("action", choices=["suggest"])
+    expectations.add_argument(
+        "--batches", help="comma-separated batch keys (default: the newest training window)"
+    )
+    expectations.add_argument(
+        "--out", help="file to write (default: the config's suite, or <suite>.suggested.json)"
+    )
+    expectations.add_argument("--force", action="store_true", help="overwrite the config's suite file")
+    expectations.set_defaults(handler=cmd_expectations)
     rollback = commands.add_parser("rollback", help="move the champion back (previous, or --to VERSION)")
     rollback.add_argument("--to", help="version to make champion (default: the previous champion)")
     rollback.set_defaults(handler=cmd_rollback)
@@ -155,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (ConfigError, ValueError) as exc:
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

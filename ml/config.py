@@ -101,14 +101,50 @@ class GateConfig(_Strict):
     bootstrap_lower_bound: float = Field(
         default=-0.005, description="The 5th percentile of the paired AUC difference must lie above this."
     )
+    slice_min_rows: int = Field(default=200, ge=10, description="Slices with fewer holdout rows are skipped.")
+    slice_tolerance: float = Field(
+        default=0.05, ge=0, description="No slice's AUC may fall more than this below the champion's."
+    )
+
+
+class PromotionConfig(_Strict):
+    """Who or what may move the champion."""
+
+    require_approval: bool = Field(
+        default=False, description="loopline_train waits for a human Approve/Reject in the Airflow UI."
+    )
+    approval_timeout_hours: float = Field(
+        default=72, gt=0, description="Unanswered approvals reject after this."
+    )
 
 
 class DriftConfig(_Strict):
-    """When a batch counts as drifted, and how often the loop may retrain."""
+    """When a batch counts as drifted, and how often the loop may retrain.
+
+    A column drifts at a severity when its effect size (PSI, or JS distance when ``js_*`` is set) reaches that
+    severity's threshold and its test (KS for numeric, chi-square for categorical, plus the missing rate) is
+    significant at ``alpha`` after the ``correction`` across all columns.
+    """
 
     bins: int = Field(default=10, ge=2, le=100)
+    psi_info: float = Field(default=0.03, gt=0, description="PSI for severity info (noted, never alerts).")
     psi_warning: float = Field(default=0.1, gt=0)
     psi_critical: float = Field(default=0.25, gt=0)
+    js_info: float | None = Field(
+        default=None, gt=0, le=1, description="JS distance that also reaches info; null: PSI only."
+    )
+    js_warning: float | None = Field(default=None, gt=0, le=1)
+    js_critical: float | None = Field(default=None, gt=0, le=1)
+    alpha: float = Field(
+        default=0.05, gt=0, lt=1, description="Significance level after the multiple-testing correction."
+    )
+    correction: Literal["holm", "bh", "none"] = Field(
+        default="holm", description="holm (family-wise), bh (Benjamini-Hochberg, false discovery rate), none."
+    )
+    weighting: Literal["equal", "importance"] = Field(
+        default="equal",
+        description="importance: weight the drifted share by the champion's feature importance.",
+    )
     drift_share: float = Field(
         default=0.3, gt=0, le=1, description="Share of features drifted for dataset drift."
     )
@@ -123,6 +159,13 @@ class DriftConfig(_Strict):
     def _ordered(self) -> DriftConfig:
         if self.psi_critical <= self.psi_warning:
             raise ValueError("drift.psi_critical must be greater than drift.psi_warning")
+        if self.psi_info >= self.psi_warning:
+            raise ValueError(
+                f"drift.psi_info ({self.psi_info}) must be below drift.psi_warning ({self.psi_warning})"
+            )
+        js = [v for v in (self.js_info, self.js_warning, self.js_critical) if v is not None]
+        if js != sorted(set(js)):
+            raise ValueError("drift.js_info < drift.js_warning < drift.js_critical must hold for those set")
         return self
 
 
@@ -145,6 +188,9 @@ class RegistryConfig(_Strict):
     )
     tracking_uri: str | None = None
     experiment: str | None = None
+    ui_url: str = Field(
+        default="http://127.0.0.1:5000", description="MLflow UI base URL, for links from Airflow and alerts."
+    )
 
 
 class LooplineConfig(_Strict):
@@ -154,6 +200,7 @@ class LooplineConfig(_Strict):
     batching: BatchingConfig = BatchingConfig()
     training: TrainingConfig = TrainingConfig()
     gate: GateConfig = GateConfig()
+    promotion: PromotionConfig = PromotionConfig()
     drift: DriftConfig = DriftConfig()
     alerts: AlertsConfig = AlertsConfig()
     registry: RegistryConfig = RegistryConfig()

@@ -77,6 +77,46 @@ def paired_bootstrap_auc_difference(
 
 
 @dataclass(frozen=True)
+class SliceMetric:
+    """ROC AUC of both models on one slice (rows where a categorical feature has one value)."""
+
+    feature: str
+    value: str
+    rows: int
+    challenger_roc_auc: float
+    champion_roc_auc: float | None
+
+
+def slice_metrics(
+    y: np.ndarray,
+    challenger: np.ndarray,
+    champion: np.ndarray | None,
+    slices: dict[str, np.ndarray],
+    min_rows: int,
+) -> list[SliceMetric]:
+    """Per-slice AUC for every value of every slicing column with at least ``min_rows`` rows and both classes."""
+    y = np.asarray(y, dtype=int)
+    found = []
+    for feature, values in slices.items():
+        labels = np.asarray(values, dtype=object)
+        for value in sorted({str(v) for v in labels if v is not None and v == v}):
+            mask = labels == value
+            rows = int(mask.sum())
+            if rows < min_rows or not 0 < y[mask].sum() < rows:
+                continue
+            found.append(
+                SliceMetric(
+                    feature,
+                    value,
+                    rows,
+                    _fast_auc(y[mask], challenger[mask]),
+                    _fast_auc(y[mask], champion[mask]) if champion is not None else None,
+                )
+            )
+    return found
+
+
+@dataclass(frozen=True)
 class Rule:
     """One rule of the promotion gate."""
 
@@ -96,6 +136,7 @@ class Decision:
     challenger: dict[str, float] = field(default_factory=dict)
     champion: dict[str, float] | None = None
     champion_version: str | None = None
+    slices: list[SliceMetric] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,9 +148,21 @@ def decide(
     champion_scores: np.ndarray | None,
     gate: GateConfig,
     champion_version: str | None = None,
+    slices: dict[str, np.ndarray] | None = None,
 ) -> Decision:
-    """Apply the promotion gate to two models scored on the same holdout (no champion: minimums only)."""
+    """Apply the promotion gate to two models scored on the same holdout (no champion: minimums only).
+
+    ``slices`` maps each categorical feature to its holdout values; no slice may lose more than
+    ``gate.slice_tolerance`` AUC against the champion.
+    """
     challenger = classification_metrics(y, challenger_scores, gate.decision_threshold)
+    per_slice = slice_metrics(
+        np.asarray(y),
+        np.asarray(challenger_scores),
+        None if champion_scores is None else np.asarray(champion_scores),
+        slices or {},
+        gate.slice_min_rows,
+    )
     rules = [
         Rule(
             "min_roc_auc", challenger["roc_auc"], gate.min_roc_auc, challenger["roc_auc"] >= gate.min_roc_auc
@@ -138,10 +191,20 @@ def decide(
                     low > gate.bootstrap_lower_bound,
                 )
             )
+        drops = [
+            m.champion_roc_auc - m.challenger_roc_auc for m in per_slice if m.champion_roc_auc is not None
+        ]
+        if drops:
+            worst = max(drops)
+            rules.append(
+                Rule("max_slice_auc_drop", worst, gate.slice_tolerance, worst <= gate.slice_tolerance)
+            )
     failed = [rule for rule in rules if not rule.passed]
     if failed:
         reason = "rejected: " + "; ".join(
-            f"{rule.name} {_fmt(rule.value)} below {rule.threshold:g}" for rule in failed
+            f"{rule.name} {_fmt(rule.value)} {'above' if rule.name == 'max_slice_auc_drop' else 'below'} "
+            f"{rule.threshold:g}"
+            for rule in failed
         )
     elif champion is None:
         reason = f"promoted: first model, roc_auc {challenger['roc_auc']:.4f} meets the minimums"
@@ -150,7 +213,7 @@ def decide(
             f"promoted: roc_auc {challenger['roc_auc']:.4f} vs champion v{champion_version} "
             f"{champion['roc_auc']:.4f} (+{challenger['roc_auc'] - champion['roc_auc']:.4f})"
         )
-    return Decision(not failed, reason, rules, challenger, champion, champion_version)
+    return Decision(not failed, reason, rules, challenger, champion, champion_version, per_slice)
 
 
 def _fmt(value: float | None) -> str:

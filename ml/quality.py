@@ -22,6 +22,7 @@ import pandas as pd
 from ml.lake import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
+DATA_DOCS_SITE = "loopline"
 
 
 class SuiteError(ValueError):
@@ -67,6 +68,7 @@ class GateResult:
     warnings: list[FailedExpectation] = field(default_factory=list)
     validated_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     quarantined_to: str | None = None
+    data_docs: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -107,8 +109,14 @@ def _severity_of(item: dict[str, Any]) -> str:
     return str(item.get("severity") or (item.get("meta") or {}).get("severity") or "critical")
 
 
-def validate(frame: pd.DataFrame, suite_path: Path) -> GateResult:
-    """Validate ``frame`` against the suite with Great Expectations (pandas engine)."""
+def validate(
+    frame: pd.DataFrame, suite_path: Path, docs_dir: Path | None = None, run_name: str | None = None
+) -> GateResult:
+    """Validate ``frame`` against the suite with Great Expectations (pandas engine).
+
+    With ``docs_dir``, the run goes through a GE Checkpoint whose UpdateDataDocsAction renders the result into
+    the Data Docs site in that folder (``index.html``), named by ``run_name``.
+    """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -127,9 +135,43 @@ def validate(frame: pd.DataFrame, suite_path: Path) -> GateResult:
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = context.data_sources.add_pandas("loopline")
     definition = source.add_dataframe_asset("batch").add_batch_definition_whole_dataframe("whole")
-    batch = definition.get_batch(batch_parameters={"dataframe": frame})
-    result = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5})
+    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
+    if docs_dir is None:
+        batch = definition.get_batch(batch_parameters={"dataframe": frame})
+        result = batch.validate(suite, result_format=result_format)
+    else:
+        from great_expectations.core.run_identifier import RunIdentifier
+
+        context.add_data_docs_site(
+            DATA_DOCS_SITE,
+            {
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(docs_dir),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+        suite = context.suites.add(suite)
+        validation = context.validation_definitions.add(
+            gx.ValidationDefinition(data=definition, suite=suite, name=f"{suite.name}-validation")
+        )
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"{suite.name}-checkpoint",
+                validation_definitions=[validation],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DATA_DOCS_SITE])],
+                result_format=result_format,
+            )
+        )
+        outcome = checkpoint.run(
+            batch_parameters={"dataframe": frame}, run_id=RunIdentifier(run_name=run_name)
+        )
+        result = next(iter(outcome.run_results.values()))
     gate = GateResult(suite=suite.name, evaluated=len(result.results), raw=result.to_json_dict())
+    if docs_dir is not None:
+        gate.data_docs = str(docs_dir / "index.html")
     for outcome in result.results:
         if outcome.success:
             continue
@@ -191,3 +233,137 @@ def quarantine(
     if result is not None:
         atomic_write_json(folder / "validation_result.json", result.raw)
     return folder
+
+
+def quarantined(folder: Path) -> list[dict[str, Any]]:
+    """The batches in a dataset's quarantine folder, oldest first, each with its reason."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in sorted(p for p in folder.iterdir() if p.is_dir()):
+        reason_file = entry / "reason.json"
+        reason = json.loads(reason_file.read_text()) if reason_file.is_file() else {}
+        found.append(
+            {
+                "batch": entry.name,
+                "quarantined_at": reason.get("quarantined_at"),
+                "reason": reason.get("reason", "unknown"),
+                "files": sorted(p.name for p in entry.iterdir()),
+                "path": str(entry),
+            }
+        )
+    return found
+
+
+def release(folder: Path, landing_file: Path) -> Path:
+    """Put a quarantined batch back into the landing zone (as ``landing_file``) so it can be ingested again."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such quarantined batch (see `loopline quarantine list`)")
+    candidates = [p for p in folder.iterdir() if p.name not in {"reason.json", "validation_result.json"}]
+    if not candidates:
+        raise FileNotFoundError(f"{folder}: holds no data file to release")
+    if landing_file.exists():
+        raise FileExistsError(f"{landing_file} already exists: move it away before releasing {folder.name}")
+    landing_file.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(candidates[0]), landing_file)
+    shutil.rmtree(folder)
+    return landing_file
+
+
+def drop(folder: Path, log_file: Path) -> None:
+    """Delete a quarantined batch for good, keeping a line about it in ``log_file``."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such quarantined batch (see `loopline quarantine list`)")
+    reason_file = folder / "reason.json"
+    record = {
+        "batch": folder.name,
+        "dropped_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "reason": json.loads(reason_file.read_text()).get("reason") if reason_file.is_file() else None,
+    }
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    shutil.rmtree(folder)
+
+
+def suggest_suite(
+    frame: pd.DataFrame,
+    *,
+    name: str,
+    id_column: str,
+    target: str,
+    time_column: str | None,
+    numeric: list[str],
+    categorical: list[str],
+    batch_rows: list[int],
+    margin: float = 0.1,
+) -> dict[str, Any]:
+    """A Great Expectations suite profiled from a reference window (in the spirit of TFX SchemaGen).
+
+    Structure (columns, id uniqueness, target classes, nulls where none were seen) and ranges widened by
+    ``margin`` are critical; categories and null-rate drift are warnings. A human reviews it afterwards.
+    """
+    expectations: list[dict[str, Any]] = []
+
+    def add(kind: str, severity: str, **kwargs: Any) -> None:
+        expectations.append(
+            {"type": kind, "kwargs": kwargs, "severity": severity, "meta": {"severity": severity}}
+        )
+
+    low, high = min(batch_rows), max(batch_rows)
+    add("expect_table_row_count_to_be_between", "critical", min_value=int(low * 0.5), max_value=int(high * 2))
+    for column in [id_column, *([time_column] if time_column else []), *numeric, *categorical, target]:
+        add("expect_column_to_exist", "critical", column=column)
+    add("expect_column_values_to_be_unique", "critical", column=id_column)
+    add("expect_column_values_to_not_be_null", "critical", column=id_column)
+    if time_column:
+        add("expect_column_values_to_not_be_null", "critical", column=time_column)
+    classes = sorted(int(v) for v in frame[target].dropna().unique())
+    add("expect_column_values_to_be_in_set", "critical", column=target, value_set=classes)
+    for column in [*numeric, *categorical]:
+        present = float(frame[column].notna().mean())
+        if present == 1.0:
+            add("expect_column_values_to_not_be_null", "critical", column=column, mostly=0.99)
+        else:
+            add(
+                "expect_column_values_to_not_be_null",
+                "warning",
+                column=column,
+                mostly=round(max(present - margin, 0), 3),
+            )
+    for column in numeric:
+        values = pd.to_numeric(frame[column], errors="coerce").dropna()
+        if values.empty:
+            continue
+        lo, hi = float(values.min()), float(values.max())
+        pad = (hi - lo) * margin
+        minimum = lo - pad if lo < 0 or lo - pad >= 0 else 0.0
+        add(
+            "expect_column_values_to_be_between",
+            "critical",
+            column=column,
+            min_value=minimum,
+            max_value=hi + pad,
+            mostly=0.999,
+        )
+    for column in categorical:
+        seen = sorted(str(v) for v in frame[column].dropna().unique())
+        add("expect_column_values_to_be_in_set", "warning", column=column, value_set=seen, mostly=0.99)
+    rate = float(frame[target].mean())
+    add(
+        "expect_column_mean_to_be_between",
+        "warning",
+        column=target,
+        min_value=round(max(rate * 0.5, 0), 4),
+        max_value=round(min(rate * 1.5 + 0.01, 1), 4),
+    )
+    return {
+        "name": name,
+        "expectations": expectations,
+        "meta": {
+            "suggested_by": "loopline expectations suggest",
+            "suggested_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "reference_rows": len(frame),
+            "notes": "Review before use: severity critical fails the gate, warning is logged.",
+        },
+    }

@@ -173,6 +173,8 @@ def log_training_run(
         mlflow.log_dict(json.loads(config.model_dump_json()), "loopline_config.json")
         if quality is not None:
             mlflow.log_dict(quality, "data_quality/validation_summary.json")
+            if quality.get("result_file") and Path(quality["result_file"]).is_file():
+                mlflow.log_artifact(quality["result_file"], "data_quality")
         _log_dataset_inputs(config, train, partitions)
         booster_file = Path(tmp) / "model.ubj"
         booster.save_model(booster_file)
@@ -191,7 +193,11 @@ def log_training_run(
             tags={"run_name": run_name, "window": tags.get("loopline.window", "")},
         )
         mlflow.set_tag("loopline.model_version", str(version.version))
-        return VersionRef(config.model_name, str(version.version), run.info.run_id)
+        ref = VersionRef(config.model_name, str(version.version), run.info.run_id)
+    move_alias(
+        config, CHALLENGER, ref.version, f"registered by {run_name}", tags.get("airflow.run_id", "loopline")
+    )
+    return ref
 
 
 def _log_dataset_inputs(config: LooplineConfig, train: pd.DataFrame, partitions: list[Partition]) -> None:
@@ -218,14 +224,25 @@ def _requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in ("mlflow", "xgboost-cpu", "pandas", "numpy")]
 
 
-def record_evaluation(config: LooplineConfig, challenger: VersionRef, decision: Decision) -> None:
-    """Log the holdout metrics of both models and the gate decision on the challenger's run and version."""
+def record_evaluation(
+    config: LooplineConfig, challenger: VersionRef, decision: Decision, plots: dict[str, bytes] | None = None
+) -> None:
+    """Log both models' holdout metrics, per-slice AUCs, plots and the gate decision on the challenger's run;
+    the verdict and each rule also go to the version's tags."""
     import mlflow
 
     client = _client()
     metrics = {f"holdout_{k}": v for k, v in decision.challenger.items() if v == v}
     if decision.champion:
         metrics |= {f"champion_holdout_{k}": v for k, v in decision.champion.items() if v == v}
+    for piece in decision.slices:
+        metrics[f"holdout_slice_roc_auc/{piece.feature}/{_metric_safe(piece.value)}"] = (
+            piece.challenger_roc_auc
+        )
+        if piece.champion_roc_auc is not None:
+            metrics[f"champion_holdout_slice_roc_auc/{piece.feature}/{_metric_safe(piece.value)}"] = (
+                piece.champion_roc_auc
+            )
     timestamp = int(datetime.now(UTC).timestamp() * 1000)
     client.log_batch(
         challenger.run_id,
@@ -233,6 +250,11 @@ def record_evaluation(config: LooplineConfig, challenger: VersionRef, decision: 
         tags=[mlflow.entities.RunTag("loopline.gate", "passed" if decision.promote else "rejected")],
     )
     client.log_dict(challenger.run_id, decision.to_dict(), "gate/decision.json")
+    if plots:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, payload in plots.items():
+                (Path(tmp) / f"{name}.png").write_bytes(payload)
+            client.log_artifacts(challenger.run_id, tmp, "gate/plots")
     version_tags = {
         "gate": "passed" if decision.promote else "rejected",
         "gate_reason": decision.reason[:5000],
@@ -246,17 +268,53 @@ def record_evaluation(config: LooplineConfig, challenger: VersionRef, decision: 
 def promote(
     config: LooplineConfig, challenger: VersionRef, expected_champion: str | None, reason: str, actor: str
 ) -> None:
-    """Move ``champion`` to the challenger if the champion is still the one it was compared with."""
-    current = champion(config)
-    current_version = current.version if current else None
-    if current_version != expected_champion:
-        raise PromotionConflict(
-            f"champion is now v{current_version}, not v{expected_champion} as evaluated: re-run the evaluation"
-        )
+    """Move ``champion`` to the challenger if the champion is still the one it was compared with.
+
+    The check and the move happen under an exclusive lock, so two racing promotions cannot both win.
+    """
+    with _alias_lock():
+        current = champion(config)
+        current_version = current.version if current else None
+        if current_version != expected_champion:
+            message = (
+                f"champion is now v{current_version}, not v{expected_champion} as evaluated: "
+                "re-run the evaluation"
+            )
+            append_history(
+                config, CHAMPION, current_version, challenger.version, message, actor, outcome="refused"
+            )
+            raise PromotionConflict(message)
+        client = _client()
+        client.set_registered_model_alias(config.model_name, CHAMPION, challenger.version)
+        client.set_model_version_tag(config.model_name, challenger.version, "promoted_at", _now())
+        append_history(config, CHAMPION, current_version, challenger.version, reason, actor)
+
+
+@contextmanager
+def _alias_lock() -> Iterator[None]:
+    """An exclusive lock on alias moves, held in a file under $LOOPLINE_HOME/state (shared by every process)."""
+    import fcntl
+
+    lock_file = Paths.from_env().state / "registry-alias.lock"
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def move_alias(config: LooplineConfig, alias: str, version: str, reason: str, actor: str) -> None:
+    """Point ``alias`` at ``version`` and record the move (for aliases other than champion)."""
     client = _client()
-    client.set_registered_model_alias(config.model_name, CHAMPION, challenger.version)
-    client.set_model_version_tag(config.model_name, challenger.version, "promoted_at", _now())
-    append_history(config, CHAMPION, current_version, challenger.version, reason, actor)
+    with _alias_lock():
+        try:
+            before: str | None = str(client.get_model_version_by_alias(config.model_name, alias).version)
+        except Exception:  # no such alias yet
+            before = None
+        client.set_registered_model_alias(config.model_name, alias, version)
+        append_history(config, alias, before, version, reason, actor)
 
 
 def rollback(config: LooplineConfig, to_version: str | None, actor: str) -> tuple[str | None, str]:
@@ -267,7 +325,7 @@ def rollback(config: LooplineConfig, to_version: str | None, actor: str) -> tupl
     current = champion(config)
     if current is None:
         raise ValueError(f"model {config.model_name} has no champion to roll back")
-    moves = history(config)
+    moves = champion_moves(config)
     if to_version is None:
         previous = [
             m["from"] for m in moves if m["alias"] == CHAMPION and m["to"] == current.version and m["from"]
@@ -285,13 +343,26 @@ def rollback(config: LooplineConfig, to_version: str | None, actor: str) -> tupl
     was_champion = any(m["to"] == to_version for m in moves)
     if known[to_version].get("gate") != "passed" and not was_champion:
         raise ValueError(f"version {to_version} never passed the gate: refusing to make it champion")
-    _client().set_registered_model_alias(config.model_name, CHAMPION, to_version)
-    append_history(config, CHAMPION, current.version, to_version, f"rollback from v{current.version}", actor)
+    with _alias_lock():
+        if (champion(config) or current).version != current.version:
+            raise PromotionConflict(
+                "the champion moved while rolling back: check `loopline history` and retry"
+            )
+        _client().set_registered_model_alias(config.model_name, CHAMPION, to_version)
+        append_history(
+            config, CHAMPION, current.version, to_version, f"rollback from v{current.version}", actor
+        )
     return current.version, to_version
 
 
 def append_history(
-    config: LooplineConfig, alias: str, from_version: str | None, to_version: str, reason: str, actor: str
+    config: LooplineConfig,
+    alias: str,
+    from_version: str | None,
+    to_version: str,
+    reason: str,
+    actor: str,
+    outcome: str = "moved",
 ) -> None:
     """Append one alias move to the registered model's history (never rewritten)."""
     client = _client()
@@ -304,6 +375,7 @@ def append_history(
         "to": to_version,
         "reason": reason[:2000],
         "by": actor,
+        "outcome": outcome,
     }
     client.set_registered_model_tag(
         config.model_name, f"history.{max(numbers, default=0) + 1:06d}", json.dumps(entry)
@@ -311,9 +383,19 @@ def append_history(
 
 
 def history(config: LooplineConfig) -> list[dict[str, Any]]:
-    """Every recorded alias move, oldest first."""
+    """Every recorded alias move or refused attempt, oldest first."""
     model = _client().get_registered_model(config.model_name)
-    return [json.loads(model.tags[key]) for key in sorted(k for k in model.tags if k.startswith("history."))]
+    entries = [
+        json.loads(model.tags[key]) for key in sorted(k for k in model.tags if k.startswith("history."))
+    ]
+    for entry in entries:
+        entry.setdefault("outcome", "moved")
+    return entries
+
+
+def champion_moves(config: LooplineConfig) -> list[dict[str, Any]]:
+    """The moves of the ``champion`` alias that happened, oldest first."""
+    return [m for m in history(config) if m["alias"] == CHAMPION and m["outcome"] == "moved"]
 
 
 def versions(config: LooplineConfig) -> list[dict[str, Any]]:
@@ -325,3 +407,8 @@ def versions(config: LooplineConfig) -> list[dict[str, Any]]:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _metric_safe(text: str) -> str:
+    """A value usable inside an MLflow metric name (alphanumerics, _ - . space : /)."""
+    return "".join(c if c.isalnum() or c in "_-. :" else "_" for c in text)

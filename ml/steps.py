@@ -7,6 +7,7 @@ replay and the CLI call the same functions. Each returns a small JSON-ready dict
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,9 +16,34 @@ import pandas as pd
 from ml import quality
 from ml.config import LooplineConfig, Paths
 from ml.ingest import BatchRejected, clean_batch, landing_path, read_source
-from ml.lake import Lake
+from ml.lake import Lake, atomic_write_json
 
 log = logging.getLogger(__name__)
+
+
+def code_version() -> str:
+    """The git commit of the Loopline checkout (``+dirty`` with local changes), else the package version."""
+    import subprocess
+    from importlib.metadata import version
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    return f"{commit}{'+dirty' if dirty else ''}" if commit else f"loopline {version('loopline')}"
 
 
 def lake_of(paths: Paths) -> Lake:
@@ -51,7 +77,9 @@ def ingest_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str, 
     except BatchRejected as exc:
         quality.quarantine(quarantine_dir, source, str(exc), None, None, move_source=whole_file)
         raise
-    result = quality.validate(clean.frame, config.suite_path())
+    result = quality.validate(
+        clean.frame, config.suite_path(), data_docs_dir(paths), run_name=f"ingest-{batch}"
+    )
     if not result.passed:
         result.quarantined_to = str(quarantine_dir)
         quality.quarantine(
@@ -96,10 +124,18 @@ def _window(config: LooplineConfig, paths: Paths, batches: list[str]) -> tuple[p
 def validate_window(config: LooplineConfig, paths: Paths, batches: list[str]) -> dict[str, Any]:
     """The data-quality gate on the whole training window; raises QualityGateFailed on a critical failure."""
     frame = lake_of(paths).read(config.dataset.name, batches)
-    result = quality.validate(frame, config.suite_path())
+    name = f"window-{batches[0]}..{batches[-1]}"
+    result = quality.validate(frame, config.suite_path(), data_docs_dir(paths), run_name=name)
+    result_file = paths.reports / "quality" / config.dataset.name / f"{name}.json"
+    atomic_write_json(result_file, result.raw)
     if not result.passed:
         raise quality.QualityGateFailed(f"training window {batches[0]}..{batches[-1]}", result)
-    return result.summary()
+    return {**result.summary(), "result_file": str(result_file)}
+
+
+def data_docs_dir(paths: Paths) -> Path:
+    """Where the Great Expectations Data Docs site lives (open its index.html)."""
+    return paths.reports / "data_docs"
 
 
 def train_challenger(
@@ -136,7 +172,11 @@ def train_challenger(
         quality=quality_summary,
         importance=train.feature_importance(booster),
         run_name=run_name,
-        tags={**tags, "loopline.window": f"{batches[0]}..{batches[-1]}"},
+        tags={
+            **tags,
+            "loopline.window": f"{batches[0]}..{batches[-1]}",
+            "loopline.code_version": code_version(),
+        },
     )
     return {
         "version": ref.version,
@@ -163,10 +203,17 @@ def evaluate_challenger(
     champion_scores = None
     if current is not None and current.version != challenger.version:
         champion_scores = registry.predict(registry.load_model(current), holdout)
+    spec = _feature_spec(config, holdout)
+    slices = {column: holdout[column].to_numpy(dtype=object) for column in spec.categorical}
     decision = decide(
-        y, np.asarray(challenger_scores), champion_scores, config.gate, current.version if current else None
+        y, challenger_scores, champion_scores, config.gate, current.version if current else None, slices
     )
-    registry.record_evaluation(config, challenger, decision)
+    registry.record_evaluation(
+        config,
+        challenger,
+        decision,
+        evaluation_plots(y, challenger_scores, champion_scores, config, challenger),
+    )
     return {
         "promote": decision.promote,
         "reason": decision.reason,
@@ -174,7 +221,45 @@ def evaluate_challenger(
         "challenger_roc_auc": decision.challenger["roc_auc"],
         "champion_roc_auc": decision.champion["roc_auc"] if decision.champion else None,
         "holdout_rows": len(holdout),
+        "rules": [
+            {"name": r.name, "value": r.value, "threshold": r.threshold, "passed": r.passed}
+            for r in decision.rules
+        ],
     }
+
+
+def _feature_spec(config: LooplineConfig, frame: pd.DataFrame) -> Any:
+    from ml.features import resolve_features
+
+    return resolve_features(config, frame.columns, frame.dtypes)
+
+
+def evaluation_plots(
+    y: np.ndarray,
+    challenger_scores: np.ndarray,
+    champion_scores: np.ndarray | None,
+    config: LooplineConfig,
+    challenger: Any,
+) -> dict[str, bytes]:
+    """ROC, PR, calibration, confusion matrices and the challenger's feature importance, as PNG bytes."""
+    from ml import plots, registry, train
+
+    label = f"challenger v{challenger.version}"
+    scores = {label: challenger_scores}
+    if champion_scores is not None:
+        scores["champion"] = champion_scores
+    threshold = config.gate.decision_threshold
+    found = {
+        "roc_curve": plots.roc_curves(y, scores),
+        "pr_curve": plots.pr_curves(y, scores),
+        "calibration": plots.calibration(y, scores),
+        "confusion_matrix_challenger": plots.confusion(y, challenger_scores, threshold, label),
+    }
+    if champion_scores is not None:
+        found["confusion_matrix_champion"] = plots.confusion(y, champion_scores, threshold, "champion")
+    booster = registry.load_model(challenger).unwrap_python_model().booster
+    found["feature_importance"] = plots.importance(train.feature_importance(booster))
+    return found
 
 
 def _version_ref(config: LooplineConfig, version: str) -> Any:
@@ -290,3 +375,27 @@ def score_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str, A
         )
         summary["roc_auc"] = metrics["roc_auc"]
     return summary
+
+
+def suggest_expectations(
+    config: LooplineConfig, paths: Paths, batches: list[str] | None = None
+) -> dict[str, Any]:
+    """A suggested GE suite profiled from accepted lake batches (default: the newest training window)."""
+    lake = lake_of(paths)
+    available = lake.batches(config.dataset.name)
+    chosen = batches or available[-config.training.window_batches :]
+    if not chosen:
+        raise ValueError(f"the lake has no accepted batches of {config.dataset.name}: ingest some first")
+    frame = lake.read(config.dataset.name, chosen)
+    spec = _feature_spec(config, frame)
+    dataset = config.dataset
+    return quality.suggest_suite(
+        frame,
+        name=dataset.name,
+        id_column=dataset.id_column,
+        target=dataset.target,
+        time_column=dataset.time_column,
+        numeric=list(spec.numeric),
+        categorical=list(spec.categorical),
+        batch_rows=[lake.partition(dataset.name, b).rows for b in chosen],
+    )

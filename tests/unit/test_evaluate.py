@@ -47,3 +47,22 @@ def test_noisy_tie_is_not_promoted() -> None:
         "bootstrap_auc_diff_p05",
         "min_improvement",
     }
+
+
+def test_a_slice_much_worse_than_the_champion_blocks_promotion() -> None:
+    segment = np.where(RNG.random(len(Y)) < 0.3, "broker", "online")
+    better_elsewhere = GOOD.copy()
+    broker = segment == "broker"
+    better_elsewhere[broker] = RNG.random(int(broker.sum()))  # useless on the broker slice
+    champion = np.clip(Y * 0.15 + RNG.random(len(Y)) * 0.85, 0, 1)
+    gate = GateConfig(slice_min_rows=100, slice_tolerance=0.05, bootstrap_rounds=0)
+    decision = decide(Y, better_elsewhere, champion, gate, "1", slices={"channel": segment})
+    assert {(m.feature, m.value) for m in decision.slices} == {("channel", "broker"), ("channel", "online")}
+    assert not decision.promote
+    assert "max_slice_auc_drop" in decision.reason
+
+
+def test_small_slices_are_skipped() -> None:
+    tiny = np.array(["rare" if i < 20 else "common" for i in range(len(Y))])
+    decision = decide(Y, GOOD, WEAK, GateConfig(slice_min_rows=100), "1", slices={"kind": tiny})
+    assert [m.value for m in decision.slices] == ["common"]

@@ -68,7 +68,7 @@ def test_loop_in_process(config, paths, landed) -> None:
     scored = steps.score_batch(config, paths, landed.batch_key(7))
     assert scored["rows"] > 0 and scored["champion_version"] == "1"
 
-    history = registry.history(config)
+    history = registry.champion_moves(config)
     assert [(h["from"], h["to"]) for h in history] == [(None, "1")]
 
 
@@ -90,5 +90,34 @@ def test_rollback_restores_the_previous_champion_and_history_shows_both(config, 
         registry.promote(config, registry.VersionRef(config.model_name, "1", ""), "1", "stale", "test")
     assert registry.rollback(config, None, "test") == (second["version"], "1")
     assert registry.champion(config).version == "1"
-    moves = [(m["from"], m["to"]) for m in registry.history(config)]
+    moves = [(m["from"], m["to"]) for m in registry.champion_moves(config)]
     assert moves == [(None, "1"), ("1", second["version"]), (second["version"], "1")]
+
+
+def test_two_racing_promotions_leave_one_consistent_champion(config, paths, landed) -> None:
+    import threading
+
+    for month in (1, 2, 3):
+        steps.ingest_batch(config, paths, landed.batch_key(month))
+    _train(config, paths)
+    racers = [_train(config, paths, overrides={"seed": seed}, promote=False)[0] for seed in (3, 4)]
+    outcomes: dict[str, str] = {}
+
+    def race(trained: dict) -> None:
+        ref = registry.VersionRef(config.model_name, trained["version"], trained["run_id"])
+        try:
+            registry.promote(config, ref, "1", "race", f"racer-{trained['version']}")
+            outcomes[trained["version"]] = "won"
+        except registry.PromotionConflict:
+            outcomes[trained["version"]] = "refused"
+
+    threads = [threading.Thread(target=race, args=(trained,)) for trained in racers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes.values()) == ["refused", "won"]
+    winner = next(v for v, outcome in outcomes.items() if outcome == "won")
+    assert registry.champion(config).version == winner
+    attempts = [m for m in registry.history(config) if m["alias"] == "champion" and m["reason"] != "promoted"]
+    assert sorted(m["outcome"] for m in attempts if m["by"].startswith("racer-")) == ["moved", "refused"]
