@@ -13,14 +13,39 @@ Runs when drift emits a ``loopline_retrain_request`` Asset event, or from the tr
    run and to version tags.
 5. ``promote``: moves the ``champion`` alias only if the gate passed, the ``promote`` param is on, and the
    champion is still the one evaluated against.
+
+With ``promotion.require_approval: true`` in the config, ``needs_review`` and ``approval`` (an
+ApprovalOperator showing the gate report) stand before ``promote``: Approve promotes, Reject (or no answer
+within ``promotion.approval_timeout_hours``) keeps the champion; ``record_review`` tags the version.
 """
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Param, dag, task
 
 from loopline_airflow.assets import RETRAIN_REQUEST
+from loopline_airflow.runtime import approval_settings, reviewer_of
+from loopline_links import MlflowRunLink
+
+APPROVAL, APPROVAL_TIMEOUT_HOURS = approval_settings()
+REVIEW_BODY = """
+### Gate report
+
+{% set e = ti.xcom_pull(task_ids='evaluate') %}{% set t = ti.xcom_pull(task_ids='train') %}
+Challenger **v{{ t['version'] }}** (MLflow run `{{ t['run_id'] }}`) vs champion **v{{ e['champion_version'] }}**
+on {{ e['holdout_rows'] }} holdout rows: **{{ e['reason'] }}**
+
+| rule | value | threshold | verdict |
+|---|---|---|---|
+{% for r in e['rules'] %}| {{ r['name'] }} | {{ '%.4f' % r['value'] if r['value'] is not none else 'n/a' }} | \
+{{ r['threshold'] }} | {{ 'pass' if r['passed'] else 'FAIL' }} |
+{% endfor %}
+
+Approve moves the `champion` alias to v{{ t['version'] }}; Reject keeps the champion and tags the version.
+"""
 
 
 @dag(
@@ -125,20 +150,63 @@ def loopline_train() -> None:
 
         config, paths = setup()
         dag_run = context["dag_run"]
+        actor = f"airflow:{dag_run.dag_id}/{dag_run.run_id}"
+        review = context["ti"].xcom_pull(task_ids="approval") if APPROVAL else None
+        if review:
+            actor += f" approved by {reviewer_of(review)}"
         return steps.promote_challenger(
             config,
             paths,
             challenger["version"],
             evaluation,
             bool(context["params"].get("promote", True)),
-            actor=f"airflow:{dag_run.dag_id}/{dag_run.run_id}",
+            actor,
         )
 
     window = plan()
     quality = quality_gate(window)
     challenger = train(window, quality)
     evaluation = evaluate(window, challenger)
-    promote(challenger, evaluation)
+    for produced in (challenger, evaluation):
+        produced.operator.operator_extra_links = [MlflowRunLink()]
+    if not APPROVAL:
+        promote(challenger, evaluation)
+        return
+
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def needs_review(evaluation: dict, **context) -> bool:  # noqa: ANN003
+        """Ask a human only when the gate passed and the run may promote."""
+        return bool(evaluation["promote"]) and bool(context["params"].get("promote", True))
+
+    approval = ApprovalOperator(
+        task_id="approval",
+        subject="Promote {{ dag.dag_id }} challenger v{{ ti.xcom_pull(task_ids='train')['version'] }} to champion?",
+        body=REVIEW_BODY,
+        response_timeout=timedelta(hours=APPROVAL_TIMEOUT_HOURS),
+    )
+
+    @task(trigger_rule="all_done")
+    def record_review(challenger: dict, **context) -> dict:  # noqa: ANN003
+        """Tag the version with the human decision (approved, rejected or unanswered)."""
+        from loopline_airflow.runtime import setup
+        from ml import registry
+
+        config, paths = setup()
+        registry.connect(config, paths)
+        review = context["ti"].xcom_pull(task_ids="approval")
+        if not review:
+            return {"review": "not asked"}
+        decision = "approved" if "Approve" in review.get("chosen_options", []) else "rejected"
+        by = reviewer_of(review)
+        registry.tag_version(config, challenger["version"], {"review": decision, "reviewed_by": by})
+        return {"review": decision, "by": by}
+
+    gate_passed = needs_review(evaluation)
+    promoted = promote(challenger, evaluation)
+    gate_passed >> approval >> promoted
+    promoted >> record_review(challenger)
 
 
 loopline_train()

@@ -112,3 +112,34 @@ class AirflowClient:
                     return run
             time.sleep(0.3)
         return None
+
+    def pending_reviews(self) -> list[dict[str, Any]]:
+        """Human-in-the-loop requests that nobody has answered yet."""
+        found = self._call("GET", "/dags/~/dagRuns/~/hitlDetails", params={"response_received": "false"})
+        return list(found.get("hitl_details", []))
+
+    def answer_review(self, dag_id: str, run_id: str, task_id: str, option: str) -> dict[str, Any]:
+        """Answer a human-in-the-loop request (e.g. "Approve" or "Reject")."""
+        return dict(
+            self._call(
+                "PATCH",
+                f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
+                json={"chosen_options": [option]},
+            )
+        )
+
+    def wait_task_state(
+        self, dag_id: str, run_id: str, task_id: str, states: set[str], timeout: float
+    ) -> str:
+        """Poll one task instance until it reaches one of ``states``; returns the state."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.task_instances(dag_id, run_id).get(task_id, {}).get("state")
+            if state in states:
+                return str(state)
+            if self.run(dag_id, run_id)["state"] in TERMINAL:
+                raise RuntimeError(
+                    f"{dag_id} run {run_id} ended before {task_id} reached {states} (it is {state})"
+                )
+            time.sleep(0.5)
+        raise TimeoutError(f"{dag_id}.{task_id} did not reach {states} within {timeout:.0f} s")

@@ -167,6 +167,23 @@ def cmd_expectations(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from ml import replay
+
+    config, paths = _setup(args)
+    home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="loopline-replay-"))
+    print(f"replaying {config.dataset.name} from {paths.landing} in {home}", flush=True)
+    report = replay.replay(
+        config, paths, home, bootstrap=args.bootstrap, echo=lambda line: print(line, flush=True)
+    )
+    replay.write_outputs(report, Path(args.json), Path(args.plot) if args.plot else None)
+    print(f"summary: {replay.dump(report)}")
+    print(f"report: {args.json}" + (f", plot: {args.plot}" if args.plot else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loopline", description="The retraining loop for tabular models.")
     parser.add_argument("--config", help="config file (default: $LOOPLINE_CONFIG or ./loopline.yaml)")
@@ -206,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     expectations.add_argument("--force", action="store_true", help="overwrite the config's suite file")
     expectations.set_defaults(handler=cmd_expectations)
+    replay = commands.add_parser("replay", help="backtest the loop over the landed history, batch by batch")
+    replay.add_argument("--json", required=True, help="where to write the per-batch report")
+    replay.add_argument("--plot", help="where to write the AUC-over-time plot (PNG)")
+    replay.add_argument("--bootstrap", type=int, default=3, help="batches that train the first champion")
+    replay.add_argument("--home", help="empty folder for the replay's own state (default: a temp folder)")
+    replay.set_defaults(handler=cmd_replay)
     rollback = commands.add_parser("rollback", help="move the champion back (previous, or --to VERSION)")
     rollback.add_argument("--to", help="version to make champion (default: the previous champion)")
     rollback.set_defaults(handler=cmd_rollback)

@@ -57,6 +57,24 @@ def landing_path(config: LooplineConfig, paths: Paths, batch: str) -> Path:
     return base
 
 
+def discover_batches(config: LooplineConfig, paths: Paths) -> list[str]:
+    """Every batch key present in the landing zone, oldest first."""
+    from ml.batches import batch_key_for
+
+    probe = "000000" if config.batching.by == "rows" else "1970-01"
+    landing = landing_path(config, paths, probe)
+    fmt = config.dataset.source.format
+    if landing.stem == probe:
+        return sorted(p.stem for p in landing.parent.glob(f"*.{fmt}") if not p.name.startswith("."))
+    frame = read_source(landing, fmt)
+    if config.batching.by == "rows":
+        count = -(-len(frame) // config.batching.rows_per_batch)
+        return [f"{index:06d}" for index in range(count)]
+    assert config.dataset.time_column is not None
+    times = pd.to_datetime(frame[config.dataset.time_column], errors="coerce", utc=True).dropna()
+    return sorted({batch_key_for(moment, config.batching) for moment in times.dt.tz_localize(None)})
+
+
 def read_source(path: Path, file_format: str) -> pd.DataFrame:
     """Read a landed CSV or Parquet file; unreadable files raise BatchRejected saying why."""
     if not path.is_file():

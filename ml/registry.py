@@ -265,6 +265,13 @@ def record_evaluation(
         client.set_model_version_tag(config.model_name, challenger.version, key, value)
 
 
+def tag_version(config: LooplineConfig, version: str, tags: dict[str, str]) -> None:
+    """Set tags on one model version."""
+    client = _client()
+    for key, value in tags.items():
+        client.set_model_version_tag(config.model_name, version, key, value)
+
+
 def promote(
     config: LooplineConfig, challenger: VersionRef, expected_champion: str | None, reason: str, actor: str
 ) -> None:

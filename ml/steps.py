@@ -54,7 +54,9 @@ def predictions_table(config: LooplineConfig) -> str:
     return f"{config.dataset.name}__predictions"
 
 
-def ingest_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str, Any]:
+def ingest_batch(
+    config: LooplineConfig, paths: Paths, batch: str, quarantine_moves_source: bool = True
+) -> dict[str, Any]:
     """Landing file -> schema -> dedup -> quality gate -> one lake partition (replaced on re-run).
 
     A rejected batch is quarantined with the reason and the task fails; the lake is untouched.
@@ -69,22 +71,21 @@ def ingest_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str, 
             f"(fix it and run `loopline quarantine release {batch}`)"
         )
     whole_file = source.stem == batch
+    move = whole_file and quarantine_moves_source
     try:
         frame = read_source(source, config.dataset.source.format)
         others = [b for b in lake.batches(table) if b != batch]
         known = lake.ids_in(table, others, config.dataset.id_column) if others else set()
         clean = clean_batch(config, frame, batch, source, known)
     except BatchRejected as exc:
-        quality.quarantine(quarantine_dir, source, str(exc), None, None, move_source=whole_file)
+        quality.quarantine(quarantine_dir, source, str(exc), None, None, move_source=move)
         raise
     result = quality.validate(
         clean.frame, config.suite_path(), data_docs_dir(paths), run_name=f"ingest-{batch}"
     )
     if not result.passed:
         result.quarantined_to = str(quarantine_dir)
-        quality.quarantine(
-            quarantine_dir, source, "data-quality gate failed", result, clean.frame, whole_file
-        )
+        quality.quarantine(quarantine_dir, source, "data-quality gate failed", result, clean.frame, move)
         raise quality.QualityGateFailed(f"{source} (batch {batch})", result)
     for warning in clean.warnings:
         log.warning("%s: %s", source, warning)
@@ -181,6 +182,7 @@ def train_challenger(
     return {
         "version": ref.version,
         "run_id": ref.run_id,
+        "experiment_id": registry.connect(config, paths),
         "train_rows": len(split.train),
         "holdout_rows": len(split.holdout),
     }

@@ -88,3 +88,19 @@ def ingest_schedule() -> str | None:
     from ml.config import load_config
 
     return load_config().batching.schedule
+
+
+def approval_settings() -> tuple[bool, float]:
+    """Whether loopline_train waits for a human approval, and for how many hours (read at parse time)."""
+    from ml.config import load_config
+
+    promotion = load_config().promotion
+    return promotion.require_approval, promotion.approval_timeout_hours
+
+
+def reviewer_of(review: dict[str, Any]) -> str:
+    """Who answered an approval request (name or id), from the HITL operator's result."""
+    user = review.get("responded_by_user") or review.get("responded_by") or {}
+    if isinstance(user, dict):
+        return str(user.get("name") or user.get("id") or "unknown")
+    return str(user)

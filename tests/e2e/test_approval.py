@@ -1,0 +1,76 @@
+"""Human approval of a promotion through Airflow's HITL ApprovalOperator, answered over the REST API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ml import demo_data, registry
+from ml.airflow_client import AirflowClient
+from ml.stack import Stack, free_port, start_airflow
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    import os
+
+    from ml.config import Paths, load_config
+
+    home = tmp_path_factory.mktemp("approval")
+    raw = yaml.safe_load((ROOT / "loopline.yaml").read_text())
+    raw["dataset"]["expectation_suite"] = str(ROOT / "expectations" / "loans.json")
+    raw["promotion"] = {"require_approval": True, "approval_timeout_hours": 1}
+    config_file = home / "loopline.yaml"
+    config_file.write_text(yaml.safe_dump(raw))
+    os.environ["LOOPLINE_HOME"] = str(home / "state")
+    os.environ["LOOPLINE_CONFIG"] = str(config_file)
+    config, paths = load_config(), Paths.from_env()
+    scenario = demo_data.Scenario(months=3, rows_per_month=2500, incident_months=())
+    demo_data.write_landing(scenario, paths.landing / "loans")
+    registry.connect(config, paths)
+    running = Stack(paths)
+    endpoints = start_airflow(running, config_file, free_port(28190))
+    try:
+        client = AirflowClient(endpoints.airflow_url, endpoints.username, endpoints.password)
+        client.wait_for_dags(["loopline_ingest", "loopline_train"])
+        for dag_id in ("loopline_ingest", "loopline_train", "loopline_monitor", "loopline_score"):
+            client.unpause(dag_id)
+        for month in (1, 2, 3):
+            run_id = client.trigger("loopline_ingest", {"batch": scenario.batch_key(month)})
+            assert client.wait_run("loopline_ingest", run_id)["state"] == "success"
+        yield client, config
+    finally:
+        running.stop()
+
+
+def _review(client: AirflowClient, option: str) -> tuple[str, dict]:
+    run_id = client.trigger("loopline_train", {})
+    client.wait_task_state("loopline_train", run_id, "approval", {"awaiting_input"}, timeout=400)
+    pending = [p for p in client.pending_reviews() if p["task_instance"]["dag_run_id"] == run_id]
+    assert len(pending) == 1
+    assert "Gate report" in pending[0]["body"] and "min_roc_auc" in pending[0]["body"]
+    client.answer_review("loopline_train", run_id, "approval", option)
+    return run_id, client.wait_run("loopline_train", run_id, timeout=300)
+
+
+def test_approve_promotes_then_reject_keeps_the_champion(stack) -> None:
+    client, config = stack
+    run_id, run = _review(client, "Approve")
+    assert run["state"] == "success"
+    assert registry.champion(config).version == "1"
+    moves = registry.champion_moves(config)
+    assert "approved by admin" in moves[-1]["by"]
+
+    run_id, run = _review(client, "Reject")
+    assert run["state"] == "success"
+    states = {task: ti["state"] for task, ti in client.task_instances("loopline_train", run_id).items()}
+    assert states["promote"] == "skipped" and states["record_review"] == "success"
+    assert registry.champion(config).version == "1"
+    tags = {v["version"]: v["tags"] for v in registry.versions(config)}
+    assert tags["2"]["review"] == "rejected" and tags["2"]["gate"] == "passed"
+    assert len(registry.champion_moves(config)) == 1
