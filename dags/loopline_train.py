@@ -151,7 +151,7 @@ def loopline_train() -> None:
         config, paths = setup()
         dag_run = context["dag_run"]
         actor = f"airflow:{dag_run.dag_id}/{dag_run.run_id}"
-        review = context["ti"].xcom_pull(task_ids="approval") if APPROVAL else None
+        review = context["ti"].xcom_pull(task_ids="approval", key="review") if APPROVAL else None
         if review:
             actor += f" approved by {reviewer_of(review)}"
         return steps.promote_challenger(
@@ -173,14 +173,14 @@ def loopline_train() -> None:
         promote(challenger, evaluation)
         return
 
-    from airflow.providers.standard.operators.hitl import ApprovalOperator
+    from loopline_airflow.review import PromotionApproval
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def needs_review(evaluation: dict, **context) -> bool:  # noqa: ANN003
         """Ask a human only when the gate passed and the run may promote."""
         return bool(evaluation["promote"]) and bool(context["params"].get("promote", True))
 
-    approval = ApprovalOperator(
+    approval = PromotionApproval(
         task_id="approval",
         subject="Promote {{ dag.dag_id }} challenger v{{ ti.xcom_pull(task_ids='train')['version'] }} to champion?",
         body=REVIEW_BODY,
@@ -195,7 +195,7 @@ def loopline_train() -> None:
 
         config, paths = setup()
         registry.connect(config, paths)
-        review = context["ti"].xcom_pull(task_ids="approval")
+        review = context["ti"].xcom_pull(task_ids="approval", key="review")
         if not review:
             return {"review": "not asked"}
         decision = "approved" if "Approve" in review.get("chosen_options", []) else "rejected"

@@ -26,7 +26,12 @@ class AirflowClient:
         self.session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.session.request(method, f"{self.base_url}/api/v2{path}", timeout=30, **kwargs)
+        for attempt in range(4):
+            response = self.session.request(method, f"{self.base_url}/api/v2{path}", timeout=60, **kwargs)
+            # A "Database error" (e.g. SQLite busy under load) rolled the request back: safe to try again.
+            if response.status_code not in (500, 503) or "Database error" not in response.text or attempt == 3:
+                break
+            time.sleep(1 + 2 * attempt)
         if response.status_code >= 400:
             raise RuntimeError(f"{method} {path}: HTTP {response.status_code} {response.text[:300]}")
         return response.json() if response.content else None

@@ -1,4 +1,4 @@
-"""When drift may trigger a retrain: severity threshold, cooldown in batches, and a pause switch.
+"""When drift may trigger a retrain: severity threshold, cooldown in batches, a rate limit, and a pause switch.
 
 Requests are recorded in ``$LOOPLINE_HOME/state/retrain_requests.jsonl`` (append-only). Automatic retraining
 is paused when ``drift.auto_retrain`` is false or the pause file exists (``loopline retrain pause``).
@@ -55,7 +55,19 @@ def decide_retrain(
         return PolicyDecision(False, "no retrain: automatic retraining is paused (loopline retrain resume)")
     position = {batch: i for i, batch in enumerate(batch_order)}
     here = position.get(result.batch, len(batch_order))
-    for request in reversed(past_requests(paths)):
+    history = past_requests(paths)
+    recent = [
+        r
+        for r in history
+        if r["batch"] in position and 0 <= here - position[r["batch"]] < config.drift.rate_window_batches
+    ]
+    if len(recent) >= config.drift.max_retrains and all(r["batch"] != result.batch for r in recent):
+        return PolicyDecision(
+            False,
+            f"no retrain: rate limit ({config.drift.max_retrains} requests in {config.drift.rate_window_batches} "
+            "batches) reached; force one from the Airflow UI if needed",
+        )
+    for request in reversed(history):
         if request["batch"] == result.batch:
             return PolicyDecision(False, f"no retrain: already requested for batch {result.batch}")
         then = position.get(request["batch"])

@@ -28,3 +28,14 @@ def test_warning_below_threshold_and_pause(config, paths) -> None:
     policy.pause_file(paths).touch()
     paused = policy.decide_retrain(config, paths, _drift("2025-02"), ORDER)
     assert not paused.retrain and "paused" in paused.reason
+
+
+def test_rate_limit_caps_requests_in_the_window(config, paths) -> None:
+    strict = config.model_copy(
+        update={"drift": config.drift.model_copy(update={"cooldown_batches": 0, "max_retrains": 2})}
+    )
+    for batch in ORDER[:2]:
+        assert policy.decide_retrain(strict, paths, _drift(batch), ORDER).retrain
+        policy.record_request(paths, batch, "drift", [])
+    capped = policy.decide_retrain(strict, paths, _drift(ORDER[2]), ORDER)
+    assert not capped.retrain and "rate limit" in capped.reason
