@@ -153,6 +153,10 @@ class DriftConfig(_Strict):
     cooldown_batches: int = Field(
         default=2, ge=0, description="Batches after a retrain request with no new one."
     )
+    max_retrains: int = Field(
+        default=3, ge=1, description="At most this many retrain requests within rate_window_batches batches."
+    )
+    rate_window_batches: int = Field(default=12, ge=1, description="The window of the retrain rate limit.")
     auto_retrain: bool = True
 
     @model_validator(mode="after")
