@@ -1,10 +1,20 @@
 """Drift: a reference profile saved at training time, and one pass over a new batch compared against it.
 
-The profile holds, per numeric feature, quantile bin edges and the reference share in each bin (plus the
-missing rate), per categorical feature the category shares, and the same for the model's scores. Comparing a
-batch costs one histogram per column. Each feature gets a PSI and a Jensen-Shannon distance and a severity;
-the batch is drifted when a configured share of features (or the scores) crosses the thresholds. Below
-``drift.min_rows`` rows the verdict is ``insufficient_data``, never ``drift``.
+The profile holds, per numeric column, quantile bin edges with the reference share in each bin, a finer grid of
+reference quantiles with the reference CDF on it (enough for a Kolmogorov-Smirnov test without the raw data),
+the row and missing counts; per categorical column the category shares; the same for the model's scores; and
+optionally the feature importance and a score calibration map (for the label-free AUC estimate).
+
+Comparing a batch costs one sorted pass per column. Each column gets an effect size (PSI and Jensen-Shannon
+distance on the reference bins, missing values as one more bin) and a test: two-sample KS for numeric columns
+(combined with an exact test of the missing rate), chi-square on the reference counts vs the batch counts for
+categorical ones (missing and unseen values as categories). Large batches make every test significant and
+many columns make some test fire by chance, so a column drifts at a severity only when its effect size reaches
+that severity's threshold *and* its test stays significant after a Holm (or Benjamini-Hochberg) correction
+across all columns and the scores. The batch drifts at ``warning`` or ``critical`` when at least
+``drift.drift_share`` of the features (equal or importance-weighted) drift at that severity, or when the scores
+do; ``info`` means something moved, too little to alert. Below ``drift.min_rows`` rows the verdict is
+``insufficient_data``, never ``drift``.
 """
 
 from __future__ import annotations
@@ -15,14 +25,28 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from ml.config import DriftConfig
 from ml.features import FeatureSpec
 
-Severity = Literal["none", "warning", "critical"]
+Severity = Literal["none", "info", "warning", "critical"]
+LEVELS: tuple[Severity, ...] = ("info", "warning", "critical")
+RANK: dict[str, int] = {"none": 0, "info": 1, "warning": 2, "critical": 3}
+PROFILE_VERSION = 2
+KS_POINTS = 100
+MAX_CATEGORIES = 200
+PLOT_BINS = 24
 _EPS = 1e-4
 _OTHER = "__unseen__"
+_MIN_EXPECTED = 5.0
 SCORE = "__score__"
+
+
+def _as_float(values: pd.Series | np.ndarray) -> np.ndarray:
+    if isinstance(values, pd.Series):
+        return pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    return np.asarray(values, dtype="float64")
 
 
 def _numeric_edges(values: np.ndarray, bins: int) -> list[float]:
@@ -42,33 +66,115 @@ def _numeric_shares(values: np.ndarray, edges: list[float]) -> tuple[list[float]
     return [float(c) / total for c in counts], float(missing.mean()) if values.size else 0.0
 
 
-def _categorical_shares(values: pd.Series, categories: list[str] | None) -> tuple[dict[str, float], float]:
-    missing = values.isna()
-    present = values[~missing].astype(str)
-    shares = present.value_counts(normalize=True)
-    if categories is None:
-        return {str(k): float(v) for k, v in shares.items()}, float(missing.mean()) if len(values) else 0.0
-    known = {c: float(shares.get(c, 0.0)) for c in categories}
-    known[_OTHER] = float(shares[~shares.index.isin(categories)].sum())
-    return known, float(missing.mean()) if len(values) else 0.0
+def _ks_grid(present: np.ndarray, points: int) -> tuple[list[float], list[float], bool]:
+    """Reference CDF P(X <= g) on a grid: every distinct value when there are few, else ``points`` quantiles."""
+    if present.size == 0:
+        return [], [], True
+    ordered = np.sort(present)
+    distinct = np.unique(ordered)
+    exact = distinct.size <= points
+    grid = (
+        distinct
+        if exact
+        else np.unique(np.quantile(ordered, np.arange(1, points + 1) / points, method="inverted_cdf"))
+    )
+    cdf = np.searchsorted(ordered, grid, side="right") / ordered.size
+    return [float(g) for g in grid], [round(float(c), 7) for c in cdf], bool(exact)
 
 
-def build_profile(frame: pd.DataFrame, spec: FeatureSpec, scores: np.ndarray, bins: int) -> dict[str, Any]:
-    """The reference profile of a training window and the model's scores on it (JSON-ready)."""
+def _numeric_profile(values: np.ndarray, bins: int) -> dict[str, Any]:
+    edges = _numeric_edges(values, bins)
+    shares, missing = _numeric_shares(values, edges)
+    present = values[np.isfinite(values)]
+    grid, cdf, exact = _ks_grid(present, KS_POINTS)
+    return {
+        "kind": "numeric",
+        "edges": edges,
+        "shares": shares,
+        "missing_rate": missing,
+        "rows": int(values.size),
+        "count": int(present.size),
+        "grid": grid,
+        "cdf": cdf,
+        "exact": exact,
+        "mean": float(present.mean()) if present.size else None,
+        "std": float(present.std()) if present.size else None,
+    }
+
+
+def _category_key(value: Any) -> str:
+    """A category as text; 3.0 and 3 are the same category (integer codes read back as floats)."""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _category_counts(values: pd.Series) -> dict[str, int]:
+    """Rows per category among the non-missing values, most frequent first."""
+    counts: dict[str, int] = {}
+    for value, count in values.value_counts(dropna=True).items():
+        if count > 0:
+            key = _category_key(value)
+            counts[key] = counts.get(key, 0) + int(count)
+    return counts
+
+
+def _categorical_profile(values: pd.Series) -> dict[str, Any]:
+    """Category shares among the non-missing values (the most frequent ``MAX_CATEGORIES``), missing rate."""
+    counts = _category_counts(values)
+    present = sum(counts.values())
+    shares = {k: v / present for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+    truncated = len(shares) > MAX_CATEGORIES
+    kept = dict(itertools.islice(shares.items(), MAX_CATEGORIES))
+    return {
+        "kind": "categorical",
+        "shares": kept,
+        "other_share": float(1 - sum(kept.values())) if truncated else 0.0,
+        "truncated": truncated,
+        "missing_rate": 1 - present / len(values) if len(values) else 0.0,
+        "rows": len(values),
+        "count": present,
+    }
+
+
+def build_profile(
+    frame: pd.DataFrame,
+    spec: FeatureSpec,
+    scores: np.ndarray,
+    bins: int,
+    *,
+    importance: dict[str, float] | None = None,
+    calibration: tuple[np.ndarray, np.ndarray] | None = None,
+    calibration_method: Literal["platt", "isotonic"] = "platt",
+) -> dict[str, Any]:
+    """The reference profile of a training window and the model's scores on it (JSON-ready, a few 10 kB).
+
+    ``importance`` (feature -> weight) enables the importance-weighted drift share. ``calibration`` is
+    ``(scores, labels)`` on rows the model did not train on (the holdout): a calibration map is fitted on them
+    and the label-free AUC estimate (CBPE) of every monitored batch is compared with theirs.
+    """
+    from ml import performance
+
     columns: dict[str, Any] = {}
     for column in spec.numeric:
-        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-        edges = _numeric_edges(values, bins)
-        shares, missing = _numeric_shares(values, edges)
-        columns[column] = {"kind": "numeric", "edges": edges, "shares": shares, "missing_rate": missing}
+        columns[column] = _numeric_profile(_as_float(frame[column]), bins)
     for column in spec.categorical:
-        shares_map, missing = _categorical_shares(frame[column], None)
-        columns[column] = {"kind": "categorical", "shares": shares_map, "missing_rate": missing}
-    score_values = np.asarray(scores, dtype="float64")
-    edges = _numeric_edges(score_values, bins)
-    shares, _ = _numeric_shares(score_values, edges)
-    columns[SCORE] = {"kind": "numeric", "edges": edges, "shares": shares, "missing_rate": 0.0}
-    return {"rows": len(frame), "bins": bins, "columns": columns}
+        columns[column] = _categorical_profile(frame[column])
+    columns[SCORE] = _numeric_profile(_as_float(scores), bins)
+    profile: dict[str, Any] = {
+        "version": PROFILE_VERSION,
+        "rows": len(frame),
+        "bins": bins,
+        "columns": columns,
+    }
+    if importance:
+        profile["importance"] = {str(k): float(v) for k, v in importance.items()}
+    if calibration is not None:
+        held_scores, held_labels = (np.asarray(a, dtype="float64") for a in calibration)
+        fitted = performance.fit_calibration(held_scores, held_labels, calibration_method)
+        profile["calibration"] = fitted
+        profile["performance"] = performance.reference_performance(held_scores, held_labels, fitted)
+    return profile
 
 
 def psi(reference: np.ndarray, current: np.ndarray) -> float:
@@ -93,9 +199,119 @@ def js_distance(reference: np.ndarray, current: np.ndarray) -> float:
     return float(np.sqrt(max(0.5 * _kl(ref, mid) + 0.5 * _kl(cur, mid), 0.0)))
 
 
+def ks_statistic(
+    grid: np.ndarray, reference_cdf: np.ndarray, current: np.ndarray, strict: bool = False
+) -> float:
+    """Largest gap between the reference CDF on its grid and the current values' empirical CDF there.
+
+    The reference CDF is P(X <= g), or P(X < g) when ``strict``. Exact when the grid holds every distinct
+    reference value; otherwise at most one grid step low.
+    """
+    present = np.sort(current[np.isfinite(current)])
+    if present.size == 0 or len(grid) == 0:
+        return 0.0
+    side = "left" if strict else "right"
+    current_cdf = np.searchsorted(present, np.asarray(grid, dtype="float64"), side=side) / present.size
+    return float(np.max(np.abs(np.asarray(reference_cdf, dtype="float64") - current_cdf)))
+
+
+def ks_p_value(statistic: Any, reference_count: Any, current_count: Any) -> np.ndarray:
+    """Smirnov's two-sided asymptotic p-value, as ``scipy.stats.ks_2samp(method="asymp")`` (vectorised)."""
+    d, m, n = (
+        np.atleast_1d(np.asarray(a, dtype="float64")) for a in (statistic, reference_count, current_count)
+    )
+    d, m, n = np.broadcast_arrays(d, m, n)
+    valid = (m > 0) & (n > 0)
+    effective = np.maximum(np.round(m * n / np.where(valid, m + n, 1.0)), 1.0)
+    p = np.ones(d.shape)
+    if valid.any():
+        p[valid] = np.clip(stats.kstwo.sf(d[valid], effective[valid]), 0.0, 1.0)
+    return p
+
+
+def ks_from_cdf(
+    grid: np.ndarray, reference_cdf: np.ndarray, reference_count: int, current: np.ndarray
+) -> tuple[float, float]:
+    """Two-sample KS test of current values against a reference known by its CDF on a grid: (statistic, p)."""
+    statistic = ks_statistic(grid, reference_cdf, current)
+    present = int(np.isfinite(current).sum())
+    return statistic, float(ks_p_value(statistic, reference_count, present)[0])
+
+
+def _chi_square_table(reference_counts: np.ndarray, current_counts: np.ndarray) -> tuple[float, int]:
+    table = np.vstack(
+        [np.asarray(reference_counts, dtype="float64"), np.asarray(current_counts, dtype="float64")]
+    )
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
+        return 0.0, 0
+    expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
+    sparse = expected.min(axis=0) < _MIN_EXPECTED
+    if sparse.any():
+        pooled, table = table[:, sparse].sum(axis=1), table[:, ~sparse]
+        too_small = pooled.sum() * table.sum(axis=1).min() / (table.sum() + pooled.sum()) < _MIN_EXPECTED
+        if too_small and table.shape[1] > 0:
+            table[:, int(np.argmin(table.sum(axis=0)))] += pooled
+        else:
+            table = np.column_stack([table, pooled])
+        expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
+    dof = table.shape[1] - 1
+    if dof < 1:
+        return 0.0, 0
+    return float(np.sum((table - expected) ** 2 / expected)), dof
+
+
+def chi_square(reference_counts: np.ndarray, current_counts: np.ndarray) -> tuple[float, float, int]:
+    """Chi-square test of homogeneity on a 2 x k table (reference row vs current row): (statistic, p, dof).
+
+    Empty columns are dropped and columns with an expected count below 5 pooled, so rare categories do not
+    inflate the statistic; otherwise equal to ``scipy.stats.chi2_contingency(table, correction=False)``.
+    """
+    statistic, dof = _chi_square_table(reference_counts, current_counts)
+    return statistic, float(stats.chi2.sf(statistic, dof)) if dof else 1.0, dof
+
+
+def missing_rate_test(
+    reference_missing: Any, reference_rows: Any, current_missing: Any, current_rows: Any
+) -> Any:
+    """Two-sided p-value of a change in the missing rate: Fisher's exact test, smaller tail doubled (vectorised)."""
+    rm, rr, cm, cr = np.broadcast_arrays(
+        *(
+            np.atleast_1d(np.asarray(a, dtype="float64"))
+            for a in (reference_missing, reference_rows, current_missing, current_rows)
+        )
+    )
+    total_missing, total_rows = rm + cm, rr + cr
+    valid = (total_missing > 0) & (total_missing < total_rows) & (cr > 0) & (rr > 0)
+    p = np.ones(rm.shape)
+    if valid.any():
+        args = (total_rows[valid], total_missing[valid], cr[valid])
+        lower = stats.hypergeom.cdf(cm[valid], *args)
+        upper = stats.hypergeom.sf(cm[valid] - 1, *args)
+        p[valid] = np.minimum(1.0, 2 * np.minimum(lower, upper))
+    return float(p[0]) if np.ndim(reference_missing) == 0 and p.size == 1 else p
+
+
+def adjust_p_values(p_values: np.ndarray, method: Literal["holm", "bh", "none"]) -> np.ndarray:
+    """P-values adjusted for multiple testing: Holm (family-wise error) or Benjamini-Hochberg (false discovery)."""
+    p = np.asarray(p_values, dtype="float64")
+    m = p.size
+    if m == 0 or method == "none":
+        return p.copy()
+    order = np.argsort(p, kind="stable")
+    ranked = p[order]
+    if method == "holm":
+        adjusted = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * ranked))
+    else:
+        adjusted = np.minimum.accumulate(np.minimum(1.0, m / np.arange(1, m + 1) * ranked)[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = adjusted
+    return out
+
+
 @dataclass(frozen=True)
 class FeatureDrift:
-    """How far one column moved from the reference."""
+    """How far one column moved from the reference, and whether that is more than chance."""
 
     column: str
     kind: str
@@ -108,6 +324,15 @@ class FeatureDrift:
     reference_shares: list[float] = field(repr=False)
     current_shares: list[float] = field(repr=False)
     labels: list[str] = field(repr=False)
+    test: str = "none"
+    statistic: float = 0.0
+    p_value: float = 1.0
+    missing_p_value: float | None = None
+    p_value_adjusted: float = 1.0
+    significant: bool = False
+    effect_severity: Severity = "none"
+    rows: int = 0
+    plot: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -121,89 +346,349 @@ class DriftResult:
     drift_share: float
     score_psi: float | None
     features: list[FeatureDrift]
+    shares: dict[str, float] = field(default_factory=dict)
+    weighting: str = "equal"
+    correction: str = "holm"
+    alpha: float = 0.05
+    reason: str = ""
+    performance: dict[str, Any] | None = None
 
     def top(self, count: int = 5) -> list[FeatureDrift]:
-        """The most drifted features (scores excluded), largest PSI first."""
-        ranked = sorted((f for f in self.features if f.column != SCORE), key=lambda f: f.psi, reverse=True)
-        return [f for f in ranked if f.severity != "none"][:count]
+        """The drifted features (scores excluded), most severe first, then largest PSI."""
+        drifted = [f for f in self.features if f.column != SCORE and f.severity != "none"]
+        return sorted(drifted, key=lambda f: (RANK[f.severity], f.psi), reverse=True)[:count]
+
+    @property
+    def score(self) -> FeatureDrift | None:
+        """The prediction-score drift, when scores were compared."""
+        return next((f for f in self.features if f.column == SCORE), None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _severity(value: float, config: DriftConfig) -> Severity:
-    if value >= config.psi_critical:
-        return "critical"
-    if value >= config.psi_warning:
-        return "warning"
+def _effect_severity(psi_value: float, js_value: float, config: DriftConfig) -> Severity:
+    for level in reversed(LEVELS):
+        js_threshold = getattr(config, f"js_{level}")
+        if psi_value >= getattr(config, f"psi_{level}") or (
+            js_threshold is not None and js_value >= js_threshold
+        ):
+            return level
     return "none"
 
 
-def _compare_column(
-    column: str, ref: dict[str, Any], current: pd.Series, config: DriftConfig
-) -> FeatureDrift:
+def _bin_labels(edges: list[float]) -> list[str]:
+    if not edges:
+        return ["all"]
+    return [
+        f"< {edges[0]:.4g}",
+        *(f"{lo:.4g} - {hi:.4g}" for lo, hi in itertools.pairwise(edges)),
+        f">= {edges[-1]:.4g}",
+    ]
+
+
+def _reference_cdf_at(ref: dict[str, Any], points: np.ndarray) -> np.ndarray:
+    """The reference CDF at arbitrary points: a step function on an exact grid, interpolated otherwise."""
+    grid, cdf = np.asarray(ref["grid"], dtype="float64"), np.asarray(ref["cdf"], dtype="float64")
+    if ref.get("exact"):
+        index = np.searchsorted(grid, points, side="right") - 1
+        return np.where(index >= 0, cdf[np.clip(index, 0, None)], 0.0)
+    return np.interp(points, grid, cdf, left=0.0, right=1.0)
+
+
+def _numeric_plot(ref: dict[str, Any], present: np.ndarray) -> dict[str, Any]:
+    """Reference vs current shares of the non-missing values, on value bins (or per value when few)."""
+    grid = np.asarray(ref["grid"], dtype="float64")
+    if grid.size == 0:
+        return {}
+    if ref.get("exact") and grid.size <= PLOT_BINS:
+        reference = np.diff(np.asarray(ref["cdf"], dtype="float64"), prepend=0.0)
+        index = np.clip(np.searchsorted(grid, present), 0, grid.size - 1)
+        hit = grid[index] == present
+        current = np.bincount(index[hit], minlength=grid.size) / max(present.size, 1)
+        labels = [f"{g:.4g}" for g in grid]
+        other = float(1 - hit.mean()) if present.size else 0.0
+        if other > 0:  # values the reference never had
+            labels, reference, current = (
+                [*labels, "(other)"],
+                np.append(reference, 0.0),
+                np.append(current, other),
+            )
+        return {
+            "type": "values",
+            "labels": labels,
+            "reference": reference.tolist(),
+            "current": current.tolist(),
+        }
+    cdf = np.asarray(ref["cdf"], dtype="float64")
+    lo, hi = np.interp([0.005, 0.995], cdf, grid) if not ref.get("exact") else (grid[0], grid[-1])
+    if hi <= lo:
+        lo, hi = grid[0], grid[-1] if grid[-1] > grid[0] else grid[0] + 1.0
+    edges = np.linspace(lo, hi, PLOT_BINS + 1)
+    at_edges = _reference_cdf_at(ref, edges[1:-1])
+    reference = np.diff(np.concatenate([[0.0], at_edges, [1.0]]))
+    index = np.searchsorted(edges[1:-1], present, side="left")
+    current = np.bincount(index, minlength=PLOT_BINS) / max(present.size, 1)
+    return {
+        "type": "bins",
+        "edges": edges.tolist(),
+        "reference": reference.tolist(),
+        "current": current.tolist(),
+    }
+
+
+def _categorical_plot(labels: list[str], ref_full: np.ndarray, cur_full: np.ndarray) -> dict[str, Any]:
+    """Shares of all rows per category (the 15 largest, in reference order), the rest as "(other)"."""
+    names = [*("(unseen)" if label == _OTHER else label for label in labels), "(missing)"]
+    largest = np.maximum(ref_full, cur_full)
+    order = np.argsort(-largest, kind="stable")
+    order = order[largest[order] > 0]
+    keep, rest = np.sort(order[:15]), order[15:]
+    reference, current = ref_full[keep], cur_full[keep]
+    if rest.size:
+        reference, current = (
+            np.append(reference, ref_full[rest].sum()),
+            np.append(current, cur_full[rest].sum()),
+        )
+    return {
+        "type": "categories",
+        "labels": [names[i] for i in keep] + (["(other)"] if rest.size else []),
+        "reference": reference.tolist(),
+        "current": current.tolist(),
+    }
+
+
+def _measure_numeric(ref: dict[str, Any], values: np.ndarray) -> dict[str, Any]:
+    missing_mask = ~np.isfinite(values)
+    present = values[~missing_mask]
+    cur_shares, missing = _numeric_shares(values, ref["edges"])
+    ref_rows = int(ref.get("rows") or 0)
+    ref_count = int(ref.get("count", round(ref_rows * (1 - ref["missing_rate"]))))
+    strict = "grid" not in ref
+    if strict:  # a profile saved before version 2: the decile edges are the grid, with P(X < edge)
+        ref = {**ref, "grid": ref["edges"], "cdf": list(np.cumsum(ref["shares"])[:-1]), "exact": False}
+    return {
+        "labels": _bin_labels(ref["edges"]),
+        "reference_shares": ref["shares"],
+        "current_shares": cur_shares,
+        "missing": missing,
+        "new": [],
+        "test": "ks",
+        "statistic": ks_statistic(ref["grid"], ref["cdf"], present, strict),
+        "sizes": (ref_count, int(present.size)),
+        "missing_counts": (ref_rows - ref_count, ref_rows, int(missing_mask.sum()), int(values.size)),
+        "rows": int(present.size),
+        "plot": _numeric_plot(ref, present),
+    }
+
+
+def _measure_categorical(ref: dict[str, Any], values: pd.Series) -> dict[str, Any]:
+    categories = list(ref["shares"])
+    found = _category_counts(values)
+    known = np.array([found.pop(c, 0) for c in categories], dtype="float64")
+    cur_count, cur_rows = int(known.sum()) + sum(found.values()), len(values)
+    cur_counts = np.append(known, float(sum(found.values())))
+    ref_shares = [*ref["shares"].values(), float(ref.get("other_share", 0.0))]
+    ref_rows = int(ref.get("rows") or 0)
+    ref_count = int(ref.get("count", round(ref_rows * (1 - ref["missing_rate"]))))
+    statistic, dof = _chi_square_table(
+        np.append(np.round(np.asarray(ref_shares) * ref_count), ref_rows - ref_count),
+        np.append(cur_counts, cur_rows - cur_count),
+    )
+    return {
+        "labels": [*categories, _OTHER],
+        "reference_shares": ref_shares,
+        "current_shares": list(cur_counts / max(cur_count, 1)),
+        "missing": 1 - cur_count / cur_rows if cur_rows else 0.0,
+        "new": [] if ref.get("truncated") else sorted(found)[:20],
+        "test": "chi2",
+        "statistic": statistic,
+        "dof": dof,
+        "missing_counts": (ref_rows - ref_count, ref_rows, cur_rows - cur_count, cur_rows),
+        "rows": cur_count,
+        "plot": None,
+    }
+
+
+def _measure(column: str, ref: dict[str, Any], current: pd.Series | np.ndarray) -> dict[str, Any]:
+    """Effect sizes and test statistics of one column (p-values come later, for all columns at once)."""
     if ref["kind"] == "numeric":
-        values = pd.to_numeric(current, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-        cur_shares, missing = _numeric_shares(values, ref["edges"])
-        ref_shares = ref["shares"]
-        edges = ref["edges"]
-        labels = [f"< {edges[0]:.4g}"] if edges else ["all"]
-        labels += [f"{lo:.4g} - {hi:.4g}" for lo, hi in itertools.pairwise(edges)]
-        labels += [f">= {edges[-1]:.4g}"] if edges else []
-        new: list[str] = []
+        out = _measure_numeric(ref, _as_float(current))
     else:
-        categories = list(ref["shares"])
-        shares_map, missing = _categorical_shares(current, categories)
-        seen = current.dropna().astype(str).unique()
-        new = sorted(str(c) for c in seen if c not in ref["shares"])[:20]
-        labels = [*categories, _OTHER]
-        ref_shares = [*ref["shares"].values(), 0.0]
-        cur_shares = [shares_map[c] for c in labels]
+        out = _measure_categorical(ref, current if isinstance(current, pd.Series) else pd.Series(current))
     # Missing values count as one more bin so that a jump in the missing rate moves the PSI too.
-    ref_full = np.append(np.asarray(ref_shares) * (1 - ref["missing_rate"]), ref["missing_rate"])
-    cur_full = np.append(np.asarray(cur_shares) * (1 - missing), missing)
-    value = psi(ref_full, cur_full)
-    return FeatureDrift(
+    ref_full = np.append(np.asarray(out["reference_shares"]) * (1 - ref["missing_rate"]), ref["missing_rate"])
+    cur_full = np.append(np.asarray(out["current_shares"]) * (1 - out["missing"]), out["missing"])
+    if out["plot"] is None:
+        out["plot"] = _categorical_plot(out["labels"], ref_full, cur_full)
+    out.update(
         column=column,
         kind=ref["kind"],
-        psi=value,
+        psi=psi(ref_full, cur_full),
         js_distance=js_distance(ref_full, cur_full),
         missing_rate_reference=float(ref["missing_rate"]),
-        missing_rate_current=missing,
-        new_categories=new,
-        severity=_severity(value, config),
-        reference_shares=[float(s) for s in ref_shares],
-        current_shares=[float(s) for s in cur_shares],
-        labels=labels,
+    )
+    return out
+
+
+def _p_values(parts: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's p-value and missing-rate p-value, every test of a kind computed in one vectorised call.
+
+    Numeric columns combine KS and the missing-rate test (Bonferroni over the two) when either side has
+    missing values; for categorical columns the chi-square already holds missing values as a category.
+    """
+    missing_p = missing_rate_test(*np.array([part["missing_counts"] for part in parts], dtype="float64").T)
+    p = np.ones(len(parts))
+    numeric = np.array([part["kind"] == "numeric" for part in parts], dtype=bool)
+    if numeric.any():
+        chosen = [part for part in parts if part["kind"] == "numeric"]
+        sizes = np.array([part["sizes"] for part in chosen], dtype="float64")
+        ks = ks_p_value([part["statistic"] for part in chosen], sizes[:, 0], sizes[:, 1])
+        has_missing = np.array([part["missing_rate_reference"] > 0 or part["missing"] > 0 for part in chosen])
+        p[numeric] = np.where(has_missing, np.minimum(1.0, 2 * np.minimum(ks, missing_p[numeric])), ks)
+    if (~numeric).any():
+        chosen = [part for part in parts if part["kind"] != "numeric"]
+        dof = np.array([part["dof"] for part in chosen], dtype="float64")
+        statistic = np.array([part["statistic"] for part in chosen], dtype="float64")
+        p[~numeric] = np.where(dof > 0, stats.chi2.sf(statistic, np.maximum(dof, 1)), 1.0)
+    return p, missing_p
+
+
+def _decide(
+    part: dict[str, Any], p: float, missing_p: float, adjusted: float, config: DriftConfig
+) -> FeatureDrift:
+    effect = _effect_severity(part["psi"], part["js_distance"], config)
+    significant = bool(adjusted <= config.alpha)
+    has_missing = part["missing_rate_reference"] > 0 or part["missing"] > 0
+    return FeatureDrift(
+        column=part["column"],
+        kind=part["kind"],
+        psi=part["psi"],
+        js_distance=part["js_distance"],
+        missing_rate_reference=part["missing_rate_reference"],
+        missing_rate_current=float(part["missing"]),
+        new_categories=[str(c) for c in part["new"]],
+        severity=effect if significant else "none",
+        reference_shares=[float(v) for v in part["reference_shares"]],
+        current_shares=[float(v) for v in part["current_shares"]],
+        labels=part["labels"],
+        test=f"{part['test']}+missing" if part["kind"] == "numeric" and has_missing else part["test"],
+        statistic=float(part["statistic"]),
+        p_value=float(p),
+        missing_p_value=float(missing_p) if has_missing else None,
+        p_value_adjusted=float(adjusted),
+        significant=significant,
+        effect_severity=effect,
+        rows=int(part["rows"]),
+        plot=part["plot"],
     )
 
 
+def _weights(
+    features: list[FeatureDrift], importance: dict[str, float] | None, config: DriftConfig
+) -> tuple[np.ndarray, bool]:
+    """Per-feature weights of the drifted share, and whether they are importances (else all equal)."""
+    if config.weighting == "importance" and importance:
+        weights = np.array([max(float(importance.get(f.column, 0.0)), 0.0) for f in features])
+        if weights.sum() > 0:
+            return weights, True
+    return np.ones(len(features)), False
+
+
+def _reason(
+    severity: Severity,
+    features: list[FeatureDrift],
+    shares: dict[str, float],
+    score: FeatureDrift | None,
+    weighted: bool,
+    config: DriftConfig,
+) -> str:
+    """One line for on-call: what drifted at which level, against which rule."""
+    named = {
+        level: [f.column for f in sorted(features, key=lambda f: f.psi, reverse=True) if f.severity == level]
+        for level in reversed(LEVELS)
+    }
+    drifted = sum(len(v) for v in named.values())
+    listing = "; ".join(f"{level}: {', '.join(cols[:8])}" for level, cols in named.items() if cols)
+    what = "importance-weighted share" if weighted else "share"
+    text = (
+        f"{severity}: {drifted} of {len(features)} features drifted significantly"
+        + (f" ({listing})" if listing else "")
+        + f"; {what} at warning or above {shares['warning']:.0%}, at critical {shares['critical']:.0%}"
+        + f" (dataset drift needs {config.drift_share:.0%})"
+    )
+    if score is not None:
+        text += f"; prediction scores {score.severity} (PSI {score.psi:.3f})"
+    return text + f"; tests {config.correction}-corrected at alpha {config.alpha}"
+
+
 def compare(
-    profile: dict[str, Any], frame: pd.DataFrame, scores: np.ndarray | None, batch: str, config: DriftConfig
+    profile: dict[str, Any],
+    frame: pd.DataFrame,
+    scores: np.ndarray | None,
+    batch: str,
+    config: DriftConfig,
+    *,
+    importance: dict[str, float] | None = None,
 ) -> DriftResult:
-    """Compare one batch (and the champion's scores on it) with the reference profile."""
+    """Compare one batch (and the champion's scores on it) with the reference profile.
+
+    ``importance`` (default: the profile's) weights the drifted share when ``config.weighting`` is
+    ``importance``. With scores and a calibration map in the profile, ``performance`` holds the CBPE estimate.
+    """
     rows = len(frame)
-    features = [
-        _compare_column(column, ref, frame[column], config)
-        for column, ref in profile["columns"].items()
+    columns = profile["columns"]
+    if profile.get("version", 1) < 2:  # older profiles keep the row count only at the top
+        columns = {name: {"rows": profile["rows"], **ref} for name, ref in columns.items()}
+    parts = [
+        _measure(column, ref, frame[column])
+        for column, ref in columns.items()
         if column != SCORE and column in frame.columns
     ]
-    score_psi = None
-    if scores is not None and SCORE in profile["columns"]:
-        score_drift = _compare_column(SCORE, profile["columns"][SCORE], pd.Series(scores), config)
-        features.append(score_drift)
-        score_psi = score_drift.psi
-    per_feature = [f for f in features if f.column != SCORE]
+    if scores is not None and SCORE in columns:
+        parts.append(_measure(SCORE, columns[SCORE], np.asarray(scores, dtype="float64")))
+    p_values, missing_p = _p_values(parts) if parts else (np.ones(0), np.ones(0))
+    adjusted = adjust_p_values(p_values, config.correction)
+    decided = [
+        _decide(part, p, mp, adj, config)
+        for part, p, mp, adj in zip(parts, p_values, missing_p, adjusted, strict=True)
+    ]
+    per_feature = [f for f in decided if f.column != SCORE]
+    score = next((f for f in decided if f.column == SCORE), None)
+    weights, weighted = _weights(per_feature, importance or profile.get("importance"), config)
+    ranks = np.array([RANK[f.severity] for f in per_feature], dtype=int)
+    total = float(weights.sum())
+    shares = {level: float(weights[ranks >= RANK[level]].sum() / total) if total else 0.0 for level in LEVELS}
+    performance = None
+    if scores is not None and "calibration" in profile:
+        from ml.performance import estimate_performance
+
+        performance = estimate_performance(
+            np.asarray(scores), profile["calibration"], profile.get("performance")
+        )
+    common: dict[str, Any] = {
+        "shares": shares,
+        "weighting": "importance" if weighted else "equal",
+        "correction": config.correction,
+        "alpha": config.alpha,
+        "performance": performance,
+    }
+    score_psi = score.psi if score else None
     if rows < config.min_rows:
-        return DriftResult(batch, rows, "insufficient_data", "none", 0.0, score_psi, features)
-    critical_share = sum(f.severity == "critical" for f in per_feature) / max(len(per_feature), 1)
-    warning_share = sum(f.severity != "none" for f in per_feature) / max(len(per_feature), 1)
-    score_severity = _severity(score_psi, config) if score_psi is not None else "none"
-    if critical_share >= config.drift_share or score_severity == "critical":
-        severity: Severity = "critical"
-    elif warning_share >= config.drift_share or score_severity == "warning":
+        reason = f"insufficient_data: {rows} rows, drift.min_rows is {config.min_rows}; never drift"
+        return DriftResult(
+            batch, rows, "insufficient_data", "none", 0.0, score_psi, decided, **common, reason=reason
+        )
+    score_rank = RANK[score.severity] if score else 0
+    severity: Severity = "none"
+    if shares["critical"] >= config.drift_share or score_rank >= RANK["critical"]:
+        severity = "critical"
+    elif shares["warning"] >= config.drift_share or score_rank >= RANK["warning"]:
         severity = "warning"
-    else:
-        severity = "none"
-    verdict = "drift" if severity != "none" else "no_drift"
-    return DriftResult(batch, rows, verdict, severity, warning_share, score_psi, features)
+    elif shares["info"] > 0 or score_rank > 0:
+        severity = "info"
+    verdict = "drift" if RANK[severity] >= RANK["warning"] else "no_drift"
+    reason = _reason(severity, per_feature, shares, score, weighted, config)
+    return DriftResult(
+        batch, rows, verdict, severity, shares["warning"], score_psi, decided, **common, reason=reason
+    )

@@ -15,7 +15,7 @@ from typing import Any
 from ml.config import LooplineConfig, Paths
 from ml.drift import DriftResult
 
-_RANK = {"none": 0, "warning": 1, "critical": 2}
+_RANK = {"none": 0, "info": 0, "warning": 1, "critical": 2}
 
 
 @dataclass(frozen=True)

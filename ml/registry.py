@@ -218,6 +218,40 @@ def _log_dataset_inputs(config: LooplineConfig, train: pd.DataFrame, partitions:
         )
 
 
+def log_monitoring_run(
+    config: LooplineConfig,
+    paths: Paths,
+    batch: str,
+    metrics: dict[str, float],
+    files: list[Path],
+    tags: dict[str, str],
+) -> str:
+    """One run per monitored batch in ``<experiment>/monitoring``: drift metrics and the report files."""
+    import mlflow
+
+    connect(config, paths)
+    name = f"{config.experiment_name}/monitoring"
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        uri = paths.tracking_uri(config)
+        location = (
+            None
+            if uri.startswith("http")
+            else (paths.mlflow_artifacts / f"{config.dataset.name}-monitoring").as_uri()
+        )
+        try:
+            experiment_id = mlflow.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            experiment_id = mlflow.get_experiment_by_name(name).experiment_id
+    else:
+        experiment_id = experiment.experiment_id
+    with _run(experiment_id, run_name=f"drift {batch}", tags=tags) as run:
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})
+        for file in files:
+            mlflow.log_artifact(str(file), "report")
+        return str(run.info.run_id)
+
+
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
@@ -236,11 +270,11 @@ def record_evaluation(
     if decision.champion:
         metrics |= {f"champion_holdout_{k}": v for k, v in decision.champion.items() if v == v}
     for piece in decision.slices:
-        metrics[f"holdout_slice_roc_auc/{piece.feature}/{_metric_safe(piece.value)}"] = (
+        metrics[f"holdout_slice_roc_auc/{piece.feature}/{metric_safe(piece.value)}"] = (
             piece.challenger_roc_auc
         )
         if piece.champion_roc_auc is not None:
-            metrics[f"champion_holdout_slice_roc_auc/{piece.feature}/{_metric_safe(piece.value)}"] = (
+            metrics[f"champion_holdout_slice_roc_auc/{piece.feature}/{metric_safe(piece.value)}"] = (
                 piece.champion_roc_auc
             )
     timestamp = int(datetime.now(UTC).timestamp() * 1000)
@@ -416,6 +450,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _metric_safe(text: str) -> str:
+def metric_safe(text: str) -> str:
     """A value usable inside an MLflow metric name (alphanumerics, _ - . space : /)."""
     return "".join(c if c.isalnum() or c in "_-. :" else "_" for c in text)

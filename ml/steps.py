@@ -159,6 +159,9 @@ def train_challenger(
     spec = resolve_features(config, split.train.columns, split.train.dtypes)
     booster = train.fit(split.train, spec, config.dataset.target, params)
     train_scores = train.predict(booster, split.train)
+    importance = train.feature_importance(booster)
+    holdout_y = split.holdout[config.dataset.target].astype(int).to_numpy()
+    calibration = (train.predict(booster, split.holdout), holdout_y) if len(split.holdout) else None
     y = split.train[config.dataset.target].astype(int).to_numpy()
     partitions = [lake_of(paths).partition(config.dataset.name, b) for b in batches]
     ref = registry.log_training_run(
@@ -169,9 +172,11 @@ def train_challenger(
         partitions=partitions,
         params=params,
         train_metrics=classification_metrics(y, train_scores, config.gate.decision_threshold),
-        profile=drift.build_profile(split.train, spec, train_scores, config.drift.bins),
+        profile=drift.build_profile(
+            split.train, spec, train_scores, config.drift.bins, importance=importance, calibration=calibration
+        ),
         quality=quality_summary,
-        importance=train.feature_importance(booster),
+        importance=importance,
         run_name=run_name,
         tags={
             **tags,
@@ -314,7 +319,16 @@ def monitor_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str,
     result = drift.compare(registry.load_profile(current), frame, scores, batch, config.drift)
     order = lake_of(paths).batches(config.dataset.name)
     decision = policy.decide_retrain(config, paths, result, order)
-    top = [{"column": f.column, "psi": round(f.psi, 4), "severity": f.severity} for f in result.top()]
+    top = [
+        {
+            "column": f.column,
+            "psi": round(f.psi, 4),
+            "severity": f.severity,
+            "p_value": f.p_value_adjusted,
+            "new_categories": f.new_categories,
+        }
+        for f in result.top()
+    ]
     json_path, html_path = reports.write_drift_report(
         paths.reports / "drift" / config.dataset.name,
         result,
@@ -325,9 +339,28 @@ def monitor_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str,
             "policy": decision.reason,
         },
     )
+    metrics = {"drift_share": result.drift_share, "rows": float(result.rows)}
+    metrics |= {f"psi/{registry.metric_safe(f.column)}": f.psi for f in result.features}
+    monitoring_run = registry.log_monitoring_run(
+        config,
+        paths,
+        batch,
+        metrics,
+        [json_path, html_path],
+        {
+            "loopline.batch": batch,
+            "loopline.verdict": result.verdict,
+            "loopline.severity": result.severity,
+            "loopline.champion_version": current.version,
+        },
+    )
     return {
         "batch": batch,
+        "monitoring_run_id": monitoring_run,
         "verdict": result.verdict,
+        "drift_reason": result.reason,
+        "shares": result.shares,
+        "performance": result.performance,
         "severity": result.severity,
         "drift_share": result.drift_share,
         "score_psi": result.score_psi,

@@ -1,0 +1,266 @@
+"""Model performance per batch: realised when labels arrive (late), estimated from scores before they do.
+
+Realised: labels are joined to the stored predictions by id, then AUC and calibration (expected calibration
+error, mean score vs positive rate, a reliability table). Estimated: confidence-based performance estimation
+(CBPE) reads each score as the probability of a positive once calibrated, and returns the AUC expected if labels
+were drawn from those probabilities; the calibration map is fitted at training time on held-out rows and
+stored in the reference profile. CBPE sees drops caused by covariate shift (scores moving to where the model
+ranks less well); it cannot see concept shift (the same scores meaning something else), only labels can.
+Pure functions over arrays and DataFrames.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+_CLIP = 1e-6
+
+
+def _pairwise_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """AUC of ``scores`` where row i is a positive with probability ``positive[i]`` (ties count one half).
+
+    With 0/1 labels this is the Mann-Whitney AUC; with probabilities it is the expected share of concordant
+    (positive, negative) pairs, pairs of a row with itself excluded.
+    """
+    scores = np.asarray(scores, dtype="float64")
+    pos = np.asarray(positive, dtype="float64")
+    neg = 1.0 - pos
+    _, group = np.unique(scores, return_inverse=True)
+    pos_g = np.bincount(group, weights=pos)
+    neg_g = np.bincount(group, weights=neg)
+    self_g = np.bincount(group, weights=pos * neg)
+    neg_below = np.cumsum(neg_g) - neg_g
+    concordant = np.sum(pos_g * neg_below) + 0.5 * np.sum(pos_g * neg_g - self_g)
+    pairs = pos.sum() * neg.sum() - np.sum(pos * neg)
+    return float(concordant / pairs) if pairs > 0 else None
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """ROC AUC (ties count one half); None when the labels hold a single class."""
+    return _pairwise_auc(scores, np.asarray(labels, dtype="float64"))
+
+
+def _bin_index(scores: np.ndarray, bins: int, strategy: Literal["uniform", "quantile"]) -> np.ndarray:
+    if strategy == "quantile":
+        inner = np.unique(np.quantile(scores, np.linspace(0, 1, bins + 1)[1:-1]))
+    else:
+        inner = np.linspace(0, 1, bins + 1)[1:-1]
+    return np.searchsorted(inner, scores, side="right")
+
+
+def calibration_table(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    bins: int = 10,
+    strategy: Literal["uniform", "quantile"] = "quantile",
+) -> list[dict[str, float]]:
+    """Reliability table: per score bin its rows, mean score and positive rate (empty bins left out)."""
+    y = np.asarray(labels, dtype="float64")
+    s = np.asarray(scores, dtype="float64")
+    index = _bin_index(s, bins, strategy)
+    count = np.bincount(index, minlength=bins)
+    mean_score = np.bincount(index, weights=s, minlength=bins)
+    positives = np.bincount(index, weights=y, minlength=bins)
+    keep = count > 0
+    return [
+        {"rows": int(n), "mean_score": float(ms / n), "positive_rate": float(p / n)}
+        for n, ms, p in zip(count[keep], mean_score[keep], positives[keep], strict=True)
+    ]
+
+
+def expected_calibration_error(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    bins: int = 10,
+    strategy: Literal["uniform", "quantile"] = "uniform",
+) -> float:
+    """Expected calibration error: the row-weighted mean |mean score - positive rate| over score bins."""
+    table = calibration_table(labels, scores, bins, strategy)
+    total = sum(row["rows"] for row in table)
+    if total == 0:
+        return 0.0
+    return float(sum(row["rows"] * abs(row["mean_score"] - row["positive_rate"]) for row in table) / total)
+
+
+def realised_performance(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """AUC and calibration of scores against labels that arrived (JSON-ready)."""
+    y = np.asarray(labels, dtype="float64")
+    s = np.asarray(scores, dtype="float64")
+    if y.size == 0:
+        return {"rows": 0, "positives": 0, "roc_auc": None}
+    clipped = np.clip(s, _CLIP, 1 - _CLIP)
+    return {
+        "rows": int(y.size),
+        "positives": int(y.sum()),
+        "positive_rate": float(y.mean()),
+        "mean_score": float(s.mean()),
+        "calibration_in_the_large": float(s.mean() - y.mean()),
+        "roc_auc": roc_auc(y, s),
+        "ece": expected_calibration_error(y, s, bins),
+        "brier": float(np.mean((s - y) ** 2)),
+        "log_loss": float(-np.mean(y * np.log(clipped) + (1 - y) * np.log(1 - clipped))),
+        "calibration": calibration_table(y, s, bins, "quantile"),
+    }
+
+
+def join_labels(
+    predictions: pd.DataFrame,
+    labels: pd.DataFrame,
+    id_column: str,
+    label_column: str,
+    score_column: str = "score",
+) -> pd.DataFrame:
+    """Predictions with the labels that arrived, joined by id: columns id, score, label (labelled rows only).
+
+    Duplicate ids keep their last row on either side; rows whose label is missing are dropped.
+    """
+    left = predictions[[id_column, score_column]].drop_duplicates(id_column, keep="last")
+    right = labels[[id_column, label_column]].dropna(subset=[label_column])
+    right = right.drop_duplicates(id_column, keep="last")
+    joined = left.merge(right, on=id_column, how="inner", validate="one_to_one")
+    return joined.rename(columns={score_column: "score", label_column: "label"})
+
+
+def batch_performance(
+    predictions: pd.DataFrame,
+    labels: pd.DataFrame,
+    id_column: str,
+    label_column: str,
+    score_column: str = "score",
+    bins: int = 10,
+) -> dict[str, Any]:
+    """Realised performance of a batch's predictions once (some of) its labels arrived.
+
+    ``labels`` holds the id and the 0/1 label (positive class already mapped to 1). The result adds
+    ``predicted_rows`` and ``label_coverage`` (labelled share of the predictions) to ``realised_performance``.
+    """
+    joined = join_labels(predictions, labels, id_column, label_column, score_column)
+    result = realised_performance(joined["label"].astype(float).to_numpy(), joined["score"].to_numpy(), bins)
+    predicted = int(predictions[id_column].nunique())
+    return {
+        **result,
+        "predicted_rows": predicted,
+        "label_coverage": len(joined) / predicted if predicted else 0.0,
+    }
+
+
+def _logit(scores: np.ndarray) -> np.ndarray:
+    clipped = np.clip(np.asarray(scores, dtype="float64"), _CLIP, 1 - _CLIP)
+    return np.log(clipped / (1 - clipped))
+
+
+def _fit_platt(x: np.ndarray, y: np.ndarray, iterations: int = 50) -> tuple[float, float]:
+    """Logistic regression of y on x (slope, intercept) by Newton's method with a tiny ridge."""
+    design = np.column_stack([x, np.ones_like(x)])
+    beta = np.array([1.0, 0.0])
+    for _ in range(iterations):
+        p = 1 / (1 + np.exp(-(design @ beta)))
+        gradient = design.T @ (y - p) - 1e-6 * beta
+        hessian = (design * (p * (1 - p))[:, None]).T @ design + 1e-6 * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        beta = beta + step
+        if np.max(np.abs(step)) < 1e-9:
+            break
+    return float(beta[0]), float(beta[1])
+
+
+def fit_calibration(
+    scores: np.ndarray, labels: np.ndarray, method: Literal["platt", "isotonic"] = "platt"
+) -> dict[str, Any]:
+    """A JSON-ready map from raw scores to calibrated probabilities, fitted on held-out (score, label) rows.
+
+    ``platt``: a logistic regression on the score's logit (two numbers, stable on small holdouts);
+    ``isotonic``: a monotone step function (flexible, needs a few thousand rows).
+    """
+    s = np.asarray(scores, dtype="float64")
+    y = np.asarray(labels, dtype="float64")
+    if y.size == 0 or y.min() == y.max():
+        return {"method": "identity", "rows": int(y.size)}
+    if method == "platt":
+        slope, intercept = _fit_platt(_logit(s), y)
+        return {"method": "platt", "slope": slope, "intercept": intercept, "rows": int(y.size)}
+    from sklearn.isotonic import IsotonicRegression
+
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(s, y)
+    return {
+        "method": "isotonic",
+        "x": [round(float(v), 7) for v in iso.X_thresholds_],
+        "y": [round(float(v), 7) for v in iso.y_thresholds_],
+        "rows": int(y.size),
+    }
+
+
+def calibrate(calibration: dict[str, Any] | None, scores: np.ndarray) -> np.ndarray:
+    """Calibrated probabilities of raw scores (the scores themselves without a calibration map)."""
+    s = np.asarray(scores, dtype="float64")
+    method = (calibration or {}).get("method", "identity")
+    if method == "platt":
+        return 1 / (1 + np.exp(-(calibration["slope"] * _logit(s) + calibration["intercept"])))
+    if method == "isotonic":
+        return np.interp(s, calibration["x"], calibration["y"])
+    return np.clip(s, 0.0, 1.0)
+
+
+def expected_roc_auc(scores: np.ndarray, probabilities: np.ndarray | None = None) -> float | None:
+    """CBPE: the AUC expected when each row is positive with its (calibrated) probability.
+
+    The model ranks rows by ``scores``; ``probabilities`` (default: the scores) are the calibrated chances
+    of a positive. The estimate is the expected share of concordant (positive, negative) pairs.
+    """
+    return _pairwise_auc(scores, scores if probabilities is None else probabilities)
+
+
+def _hanley_mcneil(auc: float, positives: float, negatives: float) -> float:
+    """Standard error of an AUC with these class sizes (Hanley and McNeil, 1982)."""
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    variance = (auc * (1 - auc) + (positives - 1) * (q1 - auc**2) + (negatives - 1) * (q2 - auc**2)) / max(
+        positives * negatives, 1e-12
+    )
+    return float(np.sqrt(max(variance, 0.0)))
+
+
+def estimate_performance(
+    scores: np.ndarray, calibration: dict[str, Any] | None = None, reference: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Label-free estimate of a batch's AUC (CBPE) and expected positive rate; JSON-ready.
+
+    ``reference`` is the profile's ``performance`` entry (the same estimate on the reference rows, and the
+    realised AUC there); the change is reported against its estimate, so the estimator's bias cancels.
+    """
+    s = np.asarray(scores, dtype="float64")
+    s = s[np.isfinite(s)]
+    p = calibrate(calibration, s)
+    estimate = expected_roc_auc(s, p)
+    result: dict[str, Any] = {
+        "method": "cbpe",
+        "calibration": (calibration or {}).get("method", "identity"),
+        "rows": int(s.size),
+        "estimated_roc_auc": estimate,
+        "standard_error": _hanley_mcneil(estimate, p.sum(), (1 - p).sum()) if estimate is not None else None,
+        "expected_positive_rate": float(p.mean()) if s.size else None,
+        "mean_score": float(s.mean()) if s.size else None,
+    }
+    if reference:
+        base = reference.get("estimated_roc_auc")
+        result["reference_estimated_roc_auc"] = base
+        result["reference_roc_auc"] = reference.get("roc_auc")
+        result["estimated_change"] = estimate - base if estimate is not None and base is not None else None
+    return result
+
+
+def reference_performance(
+    scores: np.ndarray, labels: np.ndarray, calibration: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The reference entry stored in the profile: realised and CBPE-estimated AUC on the held-out rows."""
+    s = np.asarray(scores, dtype="float64")
+    y = np.asarray(labels, dtype="float64")
+    return {
+        "rows": int(y.size),
+        "roc_auc": roc_auc(y, s),
+        "estimated_roc_auc": expected_roc_auc(s, calibrate(calibration, s)),
+        "positive_rate": float(y.mean()) if y.size else None,
+        "ece": expected_calibration_error(y, s) if y.size else None,
+    }
