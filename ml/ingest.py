@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ml.batches import row_range_of, window_of
+from ml.batches import check_key, row_range_of, window_of
 from ml.config import LooplineConfig, Paths
 from ml.features import resolve_features
 
@@ -42,7 +43,8 @@ class CleanBatch:
 
 
 def landing_path(config: LooplineConfig, paths: Paths, batch: str) -> Path:
-    """The landed file that holds ``batch``; refuses any path outside the landing zone."""
+    """The landed file that holds ``batch``; refuses a malformed batch key and any path outside the landing zone."""
+    check_key(batch, config.batching)
     landing = paths.landing.resolve()
     base = (landing / config.dataset.source.path).resolve()
     if not base.is_relative_to(landing):
@@ -61,7 +63,9 @@ def discover_batches(config: LooplineConfig, paths: Paths) -> list[str]:
     """Every batch key present in the landing zone, oldest first."""
     from ml.batches import batch_key_for
 
-    probe = "000000" if config.batching.by == "rows" else "1970-01"
+    probe = {"month": "1970-01", "week": "1970-W01", "day": "1970-01-01", "rows": "000000"}[
+        config.batching.by
+    ]
     landing = landing_path(config, paths, probe)
     fmt = config.dataset.source.format
     if landing.stem == probe:
@@ -75,17 +79,29 @@ def discover_batches(config: LooplineConfig, paths: Paths) -> list[str]:
     return sorted({batch_key_for(moment, config.batching) for moment in times.dt.tz_localize(None)})
 
 
-def read_source(path: Path, file_format: str) -> pd.DataFrame:
-    """Read a landed CSV or Parquet file; unreadable files raise BatchRejected saying why."""
+def read_source(path: Path, file_format: str, max_rows: int | None = None) -> pd.DataFrame:
+    """Read a landed CSV or Parquet file; unreadable files raise BatchRejected saying why.
+
+    With ``max_rows`` (``dataset.max_batch_rows`` for a one-batch file), a larger file is refused after reading
+    at most ``max_rows + 1`` rows (CSV) or only its footer (Parquet), so a runaway export cannot exhaust memory.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such batch file in the landing zone (has the batch landed yet?)")
     if path.stat().st_size == 0:
         raise BatchRejected(path, ["the file is empty (0 bytes): re-export the batch"])
     try:
         if file_format == "csv":
-            frame = pd.read_csv(path, dtype_backend="numpy_nullable", on_bad_lines="error", low_memory=False)
+            frame = pd.read_csv(
+                path,
+                dtype_backend="numpy_nullable",
+                on_bad_lines="error",
+                low_memory=False,
+                nrows=None if max_rows is None else max_rows + 1,
+            )
             frame = frame.convert_dtypes(dtype_backend="numpy_nullable")
         else:
+            if max_rows is not None:
+                _refuse_above(path, pq.ParquetFile(path).metadata.num_rows, max_rows)
             frame = pq.read_table(path).to_pandas()
     except pd.errors.EmptyDataError:
         raise BatchRejected(path, ["the file has no header and no rows: re-export the batch"]) from None
@@ -95,7 +111,58 @@ def read_source(path: Path, file_format: str) -> pd.DataFrame:
         raise BatchRejected(path, [f"not a readable Parquet file: {exc} (re-export the batch)"]) from None
     if frame.empty:
         raise BatchRejected(path, ["the file has a header but no rows: re-export the batch"])
+    if max_rows is not None:
+        _refuse_above(path, len(frame), max_rows)
+    if file_format == "csv" and frame[frame.columns[-1]].isna().any():
+        _check_csv_fields(path, len(frame.columns))
     return frame
+
+
+def _refuse_above(path: Path, rows: int, max_rows: int) -> None:
+    if rows > max_rows:
+        raise BatchRejected(
+            path,
+            [
+                f"more than dataset.max_batch_rows={max_rows} rows ({rows} read): "
+                "split the batch or raise the limit"
+            ],
+        )
+
+
+def _check_csv_fields(path: Path, expected: int) -> None:
+    """Refuse records with fewer fields than the header, which pandas silently fills with missing values.
+
+    A short record is what a file cut off mid-write (or a broken export) looks like; it always leaves the last
+    column missing, so this second, strict parse only runs when that column has missing values.
+    """
+    short: list[tuple[int, int, str]] = []
+
+    def keep(row: pacsv.InvalidRow) -> str:
+        short.append((int(row.number or 0) - 1, row.actual_columns, row.text))
+        return "skip"
+
+    try:
+        pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(use_threads=False, autogenerate_column_names=True, skip_rows=1),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=keep),
+            convert_options=pacsv.ConvertOptions(include_columns=["f0"], column_types={"f0": pa.string()}),
+        )
+    except pa.ArrowInvalid as exc:
+        raise BatchRejected(path, [f"malformed CSV: {exc} (fix or re-export the file)"]) from None
+    if short:
+        shown = [
+            f"row {number}: {fields} field(s) where the header has {expected} ({text[:80]!r})"
+            for number, fields, text in short[:_MAX_EXAMPLES]
+        ]
+        more = f" and {len(short) - len(shown)} more" if len(short) > len(shown) else ""
+        raise BatchRejected(
+            path,
+            [
+                f"{len(short)} truncated or malformed line(s): " + "; ".join(shown) + more,
+                "fix those lines or re-export the batch (a file cut off while it was written looks like this)",
+            ],
+        )
 
 
 def clean_batch(

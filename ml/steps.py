@@ -73,7 +73,8 @@ def ingest_batch(
     whole_file = source.stem == batch
     move = whole_file and quarantine_moves_source
     try:
-        frame = read_source(source, config.dataset.source.format)
+        limit = config.dataset.max_batch_rows if whole_file else None
+        frame = read_source(source, config.dataset.source.format, max_rows=limit)
         others = [b for b in lake.batches(table) if b != batch]
         known = lake.ids_in(table, others, config.dataset.id_column) if others else set()
         clean = clean_batch(config, frame, batch, source, known)
