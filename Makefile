@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: demo test test-fast test-e2e lint up down status clean venv
+.PHONY: demo test test-fast test-e2e lint up down status clean venv browser bench
 
 venv: $(STAMP)
 
@@ -19,7 +19,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)          ## the whole loop through a real Airflow scheduler (about 3-5 minutes)
 	$(BIN)/loopline demo
 
-test: $(STAMP)          ## every test: unit, DAG integrity, end to end
+browser:                ## Debian's Chromium for the UI tests (no browser download at run time)
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+test: $(STAMP) browser  ## every test: unit, DAG integrity, services, browser, reliability, end to end
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)     ## the quick unit tests (no Airflow scheduler, no GE/MLflow start-up)
@@ -30,6 +33,9 @@ test-e2e: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check ml dags plugins tests
+
+bench: $(STAMP)         ## benchmarks as ratios against baselines: bench/results.md (python -m bench.run --help)
+	$(BIN)/python -m bench.run
 
 up: $(STAMP)            ## serve the Airflow and MLflow UIs over the demo's state (127.0.0.1)
 	$(BIN)/loopline up

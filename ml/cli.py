@@ -30,19 +30,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from ml.stack import Stack, free_port, start_airflow, start_mlflow_ui
+    from ml import profiles, registry
+    from ml.stack import Stack, free_port
 
     config, paths = _setup(args)
-    from ml import registry
-
-    registry.connect(config, paths)
+    if args.profile == "embedded":
+        registry.connect(config, paths)
     stack = Stack(paths)
     assert config.config_path is not None
-    endpoints = start_airflow(stack, config.config_path, free_port(args.airflow_port))
-    mlflow_url = start_mlflow_ui(stack, paths.tracking_uri(config), free_port(args.mlflow_port))
+    endpoints = profiles.start(
+        args.profile,
+        paths,
+        config.config_path,
+        airflow_port=free_port(args.airflow_port),
+        mlflow_port=free_port(args.mlflow_port),
+        celery_workers=args.celery_workers,
+    )
     print(f"Airflow UI: {endpoints.airflow_url}  (user {endpoints.username}, password {endpoints.password})")
-    print(f"MLflow UI:  {mlflow_url}  (experiment {config.experiment_name}, model {config.model_name})")
+    print(
+        f"MLflow UI:  {endpoints.mlflow_url}  (experiment {config.experiment_name}, model {config.model_name})"
+    )
     print(f"Logs: {stack.log_dir}   Stop with: make down")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ml import serve
+
+    config, paths = _setup(args)
+    serve.run(config, paths, host=args.host, port=args.port, workers=args.workers)
+    return 0
+
+
+def cmd_labels(args: argparse.Namespace) -> int:
+    from ml.serve import labels
+
+    config, paths = _setup(args)
+    report = labels.load_file(config, paths, args.file, store_url=args.store_url)
+    print(json.dumps(report, indent=2, default=str))
     return 0
 
 
@@ -198,11 +223,30 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="serve the Airflow and MLflow UIs over the state on 127.0.0.1")
     up.add_argument("--airflow-port", type=int, default=8080)
     up.add_argument("--mlflow-port", type=int, default=5000)
+    up.add_argument(
+        "--profile",
+        choices=["embedded", "prod"],
+        default="embedded",
+        help="prod: PostgreSQL + CeleryExecutor on Redis + MLflow server (URLs from the environment)",
+    )
+    up.add_argument(
+        "--celery-workers", type=int, default=1, help="prod: Celery workers to start on this machine"
+    )
     up.set_defaults(handler=cmd_up)
 
     commands.add_parser("down", help="stop every process `up` or `demo` started").set_defaults(
         handler=cmd_down
     )
+    serve = commands.add_parser("serve", help="serve the champion over HTTP on 127.0.0.1 (docs/serving.md)")
+    serve.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    serve.set_defaults(handler=cmd_serve)
+    labels = commands.add_parser("labels", help="load delayed labels and join them to captured predictions")
+    labels.add_argument("action", choices=["load"])
+    labels.add_argument("file", help="CSV or Parquet file with the id, label and label time columns")
+    labels.add_argument("--store-url", help="prediction store (default: SQLite under LOOPLINE_HOME)")
+    labels.set_defaults(handler=cmd_labels)
     commands.add_parser("status", help="the champion, its metrics, recent gate decisions").set_defaults(
         handler=cmd_status
     )

@@ -19,7 +19,7 @@ from ml import demo_data
 from ml.airflow_client import AirflowClient
 from ml.config import LooplineConfig, Paths
 from ml.lake import atomic_write_json
-from ml.stack import Stack, free_port, start_airflow
+from ml.stack import Endpoints, Stack, free_port, start_airflow
 
 DAG_IDS = ["loopline_ingest", "loopline_monitor", "loopline_score", "loopline_train"]
 _STATE_FOLDERS = (
@@ -77,10 +77,22 @@ def reset_state(paths: Paths) -> None:
         shutil.rmtree(paths.home / name, ignore_errors=True)
 
 
+Starter = Callable[[Stack, Path, int], Endpoints]
+
+
 def run_demo(
-    config: LooplineConfig, paths: Paths, options: DemoOptions, echo: Callable[[str], None] = print
+    config: LooplineConfig,
+    paths: Paths,
+    options: DemoOptions,
+    echo: Callable[[str], None] = print,
+    starter: Starter | None = None,
 ) -> dict[str, Any]:
-    """Run the whole demo and return (and write) its summary."""
+    """Run the whole demo and return (and write) its summary.
+
+    ``starter(stack, config_file, airflow_port)`` starts the services (default: the embedded profile's
+    ``start_airflow``; ``ml.profiles.prod_starter`` for the prod profile, whose MLflow server this process must
+    reach through ``MLFLOW_TRACKING_URI``). Whatever it started is stopped at the end unless ``keep_running``.
+    """
     from ml import registry
 
     progress = Progress(echo)
@@ -90,14 +102,15 @@ def run_demo(
     progress(
         f"generated {len(files)} monthly batches of ~{options.rows_per_month} loans in {files[0].parent}"
     )
-    registry.connect(config, paths)
+    if starter is None:
+        registry.connect(config, paths)
     stack = Stack(paths)
     assert config.config_path is not None
-    endpoints = start_airflow(stack, config.config_path, free_port(options.port))
-    progress(
-        f"Airflow is up at {endpoints.airflow_url} (api-server, scheduler, dag-processor; LocalExecutor)"
-    )
+    endpoints = (starter or start_airflow)(stack, config.config_path, free_port(options.port))
+    progress(f"Airflow is up at {endpoints.airflow_url} ({endpoints.description})")
     try:
+        if starter is not None:
+            registry.connect(config, paths)  # the tracking server is up now
         client = AirflowClient(endpoints.airflow_url, endpoints.username, endpoints.password)
         client.wait_for_dags(DAG_IDS)
         for dag_id in DAG_IDS:
@@ -227,7 +240,7 @@ def build_summary(
         "batches_quarantined": [t["batch"] for t in timeline if t["ingest"] != "success"],
         "timeline": timeline,
         "dag_runs": runs,
-        "champion_history": registry.history(config),
+        "champion_history": registry.champion_moves(config),
         "alerts": [
             {
                 "batch": a["batch"],

@@ -3,7 +3,8 @@
 The embedded profile runs Airflow's parts separately (api-server, scheduler, dag-processor; ``airflow
 standalone`` would open log servers on 0.0.0.0) with LocalExecutor on SQLite, and optionally the MLflow UI over
 the SQLite store. Every process's pid is written to ``$LOOPLINE_HOME/run/<name>.pid`` and its output to
-``$LOOPLINE_HOME/logs/<name>.log``; ``stop`` ends exactly those processes.
+``$LOOPLINE_HOME/logs/<name>.log``; ``stop`` ends exactly those processes. ``ml.profiles`` builds the production
+profile (PostgreSQL, CeleryExecutor on Redis, an MLflow tracking server) from the same pieces.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -36,6 +39,7 @@ class Endpoints:
     mlflow_url: str | None
     username: str
     password: str
+    description: str = "api-server, scheduler, dag-processor; LocalExecutor"
 
 
 def free_port(preferred: int) -> int:
@@ -75,11 +79,15 @@ def airflow_password(paths: Paths) -> str:
     return str(json.loads(file.read_text())[AIRFLOW_USER])
 
 
-def airflow_env(paths: Paths, config_file: Path, port: int) -> dict[str, str]:
-    """The environment of every Airflow process of the embedded profile."""
+def airflow_env(
+    paths: Paths, config_file: Path, port: int, overrides: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of every Airflow process: the embedded profile's, then ``overrides`` (another profile)."""
     airflow_home = paths.airflow_home
     airflow_password(paths)
     env = dict(os.environ)
+    # Authentication stays on whatever the operator's shell exports.
+    env.pop("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", None)
     env.update(
         {
             "LOOPLINE_HOME": str(paths.home),
@@ -97,7 +105,7 @@ def airflow_env(paths: Paths, config_file: Path, port: int) -> dict[str, str]:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(
                 airflow_home / "simple_auth_manager_passwords.json"
             ),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}?timeout=30",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
@@ -111,6 +119,7 @@ def airflow_env(paths: Paths, config_file: Path, port: int) -> dict[str, str]:
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         }
     )
+    env.update(overrides or {})
     return env
 
 
@@ -138,6 +147,12 @@ class Stack:
             alive[file.stem] = pid
         return alive
 
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        """The last lines of a process's log, with the file named (for error messages)."""
+        file = self.log_dir / f"{name}.log"
+        text = file.read_text(errors="replace").splitlines()[-lines:] if file.is_file() else []
+        return f"last lines of {file}:\n" + "\n".join(text)
+
     def start(self, name: str, command: list[str], env: dict[str, str]) -> int:
         """Start one process in its own session; its output goes to logs/<name>.log."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -159,9 +174,12 @@ class Stack:
         self._pid_file(name).write_text(f"{process.pid}\n")
         return process.pid
 
-    def stop(self, timeout: float = 30.0) -> list[str]:
-        """SIGTERM every process this home started (their whole process group), SIGKILL after ``timeout``."""
-        running = self.running()
+    def stop(self, timeout: float = 30.0, names: Collection[str] | None = None) -> list[str]:
+        """SIGTERM every process this home started (or only ``names``), each with its process group.
+
+        SIGKILL after ``timeout``. Returns the names stopped.
+        """
+        running = {k: v for k, v in self.running().items() if names is None or k in names}
         for pid in running.values():
             _signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -213,18 +231,66 @@ def start_airflow(stack: Stack, config_file: Path, port: int) -> Endpoints:
     env = airflow_env(stack.paths, config_file, port)
     migrate_airflow_db(env, stack.log_dir / "airflow-db-migrate.log")
     airflow = _bin("airflow")
-    stack.start("airflow-api-server", [airflow, "api-server", "--port", str(port)], env)
-    stack.start("airflow-scheduler", [airflow, "scheduler", "--skip-serve-logs"], env)
-    stack.start("airflow-dag-processor", [airflow, "dag-processor"], env)
+    url = start_airflow_processes(
+        stack,
+        env,
+        port,
+        {
+            "airflow-api-server": [airflow, "api-server", "--port", str(port)],
+            "airflow-scheduler": [airflow, "scheduler", "--skip-serve-logs"],
+            "airflow-dag-processor": [airflow, "dag-processor"],
+        },
+    )
+    return Endpoints(url, None, AIRFLOW_USER, airflow_password(stack.paths))
+
+
+def start_airflow_processes(
+    stack: Stack,
+    env: dict[str, str],
+    port: int,
+    processes: Mapping[str, list[str]],
+    healthy_components: Sequence[str] = (),
+) -> str:
+    """Start ``processes`` (name -> command) with ``env``; returns the API URL once it is healthy.
+
+    ``healthy_components`` (e.g. ``scheduler``, ``triggerer``) must also report healthy in the health document.
+    """
+    for name, command in processes.items():
+        stack.start(name, command, env)
     url = f"http://127.0.0.1:{port}"
-    wait_healthy(f"{url}/api/v2/monitor/health", "Airflow", stack, timeout=180)
+    wait_healthy(
+        f"{url}/api/v2/monitor/health",
+        "Airflow",
+        stack,
+        timeout=180,
+        watch=list(processes),
+        check=lambda document: all(
+            (document.get(part) or {}).get("status") == "healthy" for part in healthy_components
+        ),
+    )
     with contextlib.suppress(requests.RequestException):  # warms the Execution API (first call is slow)
         requests.get(f"{url}/execution/health", timeout=30)
-    return Endpoints(url, None, AIRFLOW_USER, airflow_password(stack.paths))
+    return url
 
 
 def start_mlflow_ui(stack: Stack, tracking_uri: str, port: int) -> str:
     """Serve the MLflow UI over the given store on 127.0.0.1; returns its URL once healthy."""
+    return start_mlflow_server(stack, "mlflow-ui", tracking_uri, port)
+
+
+def start_mlflow_server(
+    stack: Stack,
+    name: str,
+    backend_store_uri: str,
+    port: int,
+    artifacts_destination: Path | None = None,
+    wait: bool = True,
+) -> str:
+    """``mlflow server`` (one worker, no job runner) on 127.0.0.1; returns its URL (once healthy when ``wait``).
+
+    With ``artifacts_destination`` the server also stores and serves the artifacts (``mlflow-artifacts:/``), so
+    clients need nothing but HTTP.
+    """
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     command = [
         _bin("mlflow"),
@@ -236,22 +302,47 @@ def start_mlflow_ui(stack: Stack, tracking_uri: str, port: int) -> str:
         "--workers",
         "1",
         "--backend-store-uri",
-        tracking_uri,
+        backend_store_uri,
     ]
-    stack.start("mlflow-ui", command, env)
+    if artifacts_destination is not None:
+        artifacts_destination.mkdir(parents=True, exist_ok=True)
+        command += [
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(artifacts_destination),
+            "--default-artifact-root",
+            "mlflow-artifacts:/",
+        ]
+    stack.start(name, command, env)
     url = f"http://127.0.0.1:{port}"
-    wait_healthy(f"{url}/health", "MLflow", stack, timeout=120)
+    if wait:
+        wait_healthy(f"{url}/health", "MLflow", stack, timeout=120, watch=[name])
     return url
 
 
-def wait_healthy(url: str, what: str, stack: Stack, timeout: float) -> None:
-    """Poll ``url`` until it answers 200; fail with the log folder named when it does not."""
+def wait_healthy(
+    url: str,
+    what: str,
+    stack: Stack,
+    timeout: float,
+    watch: Sequence[str] = (),
+    check: Callable[[dict[str, Any]], bool] | None = None,
+) -> None:
+    """Poll ``url`` until it answers 200 (and its JSON passes ``check``); fail with the log named when not.
+
+    Fails at once when one of the ``watch`` processes (names given to ``Stack.start``) has exited.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if requests.get(url, timeout=5).status_code == 200:
+            response = requests.get(url, timeout=5)
+            if response.status_code == 200 and (check is None or check(response.json())):
                 return
-        except requests.RequestException:
+        except (requests.RequestException, ValueError):
             pass
+        running = stack.running()
+        gone = [name for name in watch if name not in running or not _alive(running[name])]
+        if gone:
+            raise RuntimeError(f"{what}: {', '.join(gone)} exited during start-up\n{stack.log_tail(gone[0])}")
         time.sleep(1)
     raise RuntimeError(f"{what} did not become healthy at {url} within {timeout:.0f} s; see {stack.log_dir}")

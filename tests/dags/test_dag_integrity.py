@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
-EXPECTED = {"loopline_ingest", "loopline_train", "loopline_monitor", "loopline_score"}
+EXPECTED = {"loopline_ingest", "loopline_train", "loopline_monitor", "loopline_score", "loopline_feedback"}
 HEAVY = ("pandas", "numpy", "mlflow", "great_expectations", "xgboost", "sklearn", "scipy", "pyarrow")
 
 

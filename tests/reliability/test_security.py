@@ -280,12 +280,6 @@ def test_auth_cannot_be_switched_off_anywhere_in_the_repository() -> None:
 
 
 @pytest.mark.fast
-@pytest.mark.xfail(
-    strict=True,
-    reason="ml/stack.py airflow_env copies os.environ, so AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True "
-    "exported in the operator's shell turns Airflow auth off in every profile: airflow_env must drop it "
-    "(env.pop(...)) or refuse to start",
-)
 def test_an_exported_all_admins_switch_does_not_reach_airflow(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
     with case(

@@ -1,0 +1,97 @@
+"""Run one measured step in a child process and collect its result and its peak RSS (``os.wait4``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MAIN_PYTHON = PROJECT_ROOT / ".venv" / "bin" / "python"
+OMP_WAIT_POLICY: str | None = "PASSIVE"
+"""Given to every child: spinning OpenMP threads (the default) collapse when other work shares the cores."""
+
+
+class StepFailed(RuntimeError):
+    """A child step exited with an error; the message carries the end of its output."""
+
+
+@dataclass
+class ChildResult:
+    """What one child reported, plus what the parent measured about it."""
+
+    payload: dict[str, Any]
+    peak_rss_mib: float
+    wall_seconds: float
+    log_tail: str = field(default="", repr=False)
+
+
+def base_env(home: Path | None = None, config: Path | None = None) -> dict[str, str]:
+    """The environment of every child: its own LOOPLINE_HOME, no telemetry, the project importable."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "GX_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "PYTHONPATH": str(PROJECT_ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if OMP_WAIT_POLICY:
+        env["OMP_WAIT_POLICY"] = OMP_WAIT_POLICY
+    else:
+        env.pop("OMP_WAIT_POLICY", None)
+    if home is not None:
+        env["LOOPLINE_HOME"] = str(home)
+    if config is not None:
+        env["LOOPLINE_CONFIG"] = str(config)
+    return env
+
+
+def run_child(
+    command: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    timeout: float = 1800.0,
+) -> ChildResult:
+    """Run ``command`` (which writes its JSON result to $BENCH_RESULT); return it with the child's max RSS."""
+    with tempfile.TemporaryDirectory(prefix="bench-child-") as tmp:
+        result_file = Path(tmp) / "result.json"
+        log_file = Path(tmp) / "output.log"
+        env = dict(env, BENCH_RESULT=str(result_file))
+        started = time.perf_counter()
+        with log_file.open("wb") as log:
+            process = subprocess.Popen(
+                command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+            timer = threading.Timer(timeout, process.kill)
+            timer.start()
+            try:
+                _, status, usage = os.wait4(process.pid, 0)
+            finally:
+                timer.cancel()
+            process.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - started
+        tail = log_file.read_text(errors="replace")[-4000:]
+        if process.returncode != 0 or not result_file.is_file():
+            raise StepFailed(f"{' '.join(command[-3:])} exited with {process.returncode}:\n{tail}")
+        payload = json.loads(result_file.read_text())
+    # ru_maxrss is in KiB on Linux.
+    return ChildResult(payload, usage.ru_maxrss / 1024.0, wall, tail)
+
+
+def run_worker(
+    task: str, args: dict[str, Any], env: dict[str, str], cwd: Path, timeout: float = 1800.0
+) -> ChildResult:
+    """Run ``bench.worker`` task ``task`` in the project's virtualenv."""
+    python = str(MAIN_PYTHON if MAIN_PYTHON.exists() else Path(sys.executable))
+    return run_child([python, "-m", "bench.worker", task, json.dumps(args)], env, cwd, timeout)

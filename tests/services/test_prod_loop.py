@@ -1,0 +1,212 @@
+"""The walking skeleton's loop on the prod profile, against real services on this machine.
+
+PostgreSQL holds the Airflow metadata DB, the Celery result backend and the MLflow backend store (three fresh
+databases); Redis (a DB number of its own) is the Celery broker; a real ``airflow celery worker`` runs every task;
+the tasks reach the MLflow tracking server over HTTP only. The assertions of ``tests/e2e`` are reused as they are
+(loaded from that file), then the prod-specific ones follow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ml.airflow_client import AirflowClient
+from ml.demo import DAG_IDS
+from ml.stack import Stack, free_port
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+AIRFLOW_PORT, MLFLOW_PORT = 28480, 28500
+EXPECTED_PROCESSES = {
+    "mlflow-server",
+    "airflow-api-server",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "celery-worker-1",
+}
+
+
+def _load_e2e_module() -> Any:
+    """tests/e2e/test_loop_through_scheduler.py under a private name: its OPTIONS and assertions, unchanged."""
+    file = ROOT / "tests" / "e2e" / "test_loop_through_scheduler.py"
+    spec = importlib.util.spec_from_file_location("loopline_e2e_loop_assertions", file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_E2E = _load_e2e_module()
+E2E_ASSERTIONS: dict[str, Callable[..., None]] = {
+    name: value for name, value in vars(_E2E).items() if name.startswith("test_") and callable(value)
+}
+assert E2E_ASSERTIONS, "tests/e2e/test_loop_through_scheduler.py defines no test functions"
+# Collected here again: every assertion of the embedded loop runs against the prod profile's `demo` below.
+globals().update(E2E_ASSERTIONS)
+
+
+@pytest.fixture(scope="module")
+def prod(postgres_databases: Any, redis_db: int) -> dict[str, Any]:
+    """Fresh databases, a Redis DB, and the settings of the prod profile over them."""
+    from ml.profiles import ProdSettings
+
+    pg = postgres_databases
+    databases = {purpose: pg.create(purpose) for purpose in ("airflow", "celery", "mlflow")}
+    settings = ProdSettings(
+        database_url=pg.url(databases["airflow"]),
+        broker_url=f"redis://127.0.0.1:6379/{redis_db}",
+        result_backend=pg.url(databases["celery"], "db+postgresql"),
+        mlflow_backend_store_uri=pg.url(databases["mlflow"]),
+        celery_workers=1,
+        worker_concurrency=4,
+    ).normalised()
+    return {"databases": databases, "settings": settings, "query": pg.query}
+
+
+@pytest.fixture(scope="module")
+def demo(prod: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The e2e loop through the prod profile; the services keep running until the module's tests are done."""
+    from ml.config import Paths, load_config
+    from ml.demo import run_demo
+    from ml.profiles import prod_starter
+
+    home = tmp_path_factory.mktemp("prod-loop")
+    mlflow_port = free_port(MLFLOW_PORT)
+    options = dataclasses.replace(_E2E.OPTIONS, port=AIRFLOW_PORT, keep_running=True)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LOOPLINE_HOME", str(home))
+        env.setenv("LOOPLINE_CONFIG", str(ROOT / "loopline.yaml"))
+        env.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{mlflow_port}")
+        config, paths = load_config(), Paths.from_env()
+        stack = Stack(paths)
+        lines: list[str] = []
+        try:
+            summary = run_demo(
+                config,
+                paths,
+                options,
+                echo=lines.append,
+                starter=prod_starter(mlflow_port, prod["settings"]),
+            )
+            print("\n".join(lines))
+            yield {"summary": summary, "config": config, "paths": paths, "stack": stack, **prod}
+        finally:
+            print("\n".join(lines))
+            stack.stop()
+
+
+def _client(demo: dict[str, Any]) -> AirflowClient:
+    from ml.stack import AIRFLOW_USER, airflow_password
+
+    return AirflowClient(demo["summary"]["airflow_url"], AIRFLOW_USER, airflow_password(demo["paths"]))
+
+
+def test_airflow_metadata_is_in_postgresql(demo: dict[str, Any]) -> None:
+    loop_dags = ", ".join(f"'{dag_id}'" for dag_id in DAG_IDS)
+    runs = demo["query"](
+        demo["databases"]["airflow"],
+        f"SELECT dag_id, run_id, state FROM dag_run WHERE dag_id IN ({loop_dags})",
+    )
+    in_summary = {(r["dag_id"], r["run_id"], r["state"]) for r in demo["summary"]["dag_runs"]}
+    assert set(runs) == in_summary
+    assert not (demo["paths"].airflow_home / "airflow.db").exists()
+
+
+def test_tasks_ran_on_the_celery_worker(demo: dict[str, Any]) -> None:
+    done = demo["query"](
+        demo["databases"]["celery"], "SELECT status, count(*) FROM celery_taskmeta GROUP BY status"
+    )
+    counts = dict(done)
+    task_runs = demo["query"](
+        demo["databases"]["airflow"],
+        "SELECT count(*) FROM task_instance WHERE state IN ('success', 'failed') AND start_date IS NOT NULL",
+    )[0][0]
+    # Every task that ran went through Celery: one result per attempt in the result backend.
+    assert counts.get("SUCCESS", 0) >= task_runs > 0
+    log = (demo["stack"].log_dir / "celery-worker-1.log").read_text(errors="replace")
+    assert "loopline1@" in log and "execute_workload" in log
+
+
+def test_mlflow_is_reached_over_http_only(demo: dict[str, Any]) -> None:
+    import mlflow
+
+    from ml import registry
+
+    config, paths = demo["config"], demo["paths"]
+    assert registry.connect(config, paths)
+    assert mlflow.get_tracking_uri().startswith("http://127.0.0.1:")
+    experiment = mlflow.get_experiment_by_name(config.experiment_name)
+    assert experiment is not None and experiment.artifact_location.startswith("mlflow-artifacts:")
+    # No local store anywhere: runs and versions are in the server's PostgreSQL DB, artifacts in its folder.
+    assert not paths.mlflow_db.exists() and not list(paths.home.rglob("mlruns"))
+    versions = demo["query"](
+        demo["databases"]["mlflow"], f"SELECT count(*) FROM model_versions WHERE name = '{config.model_name}'"
+    )[0][0]
+    assert versions == len(registry.versions(config)) >= 2
+    assert any(paths.mlflow_artifacts.rglob("MLmodel"))
+    champion = registry.champion(config)
+    assert champion is not None
+    model = registry.load_model(champion)
+    assert model is not None
+
+
+def test_task_logs_are_served_by_the_api_server(demo: dict[str, Any]) -> None:
+    client = _client(demo)
+    run_id = next(
+        r["run_id"]
+        for r in demo["summary"]["dag_runs"]
+        if r["dag_id"] == "loopline_train" and r["state"] == "success"
+    )
+    response = client.session.get(
+        f"{client.base_url}/api/v2/dags/loopline_train/dagRuns/{run_id}/taskInstances/promote/logs/1",
+        headers={"Accept": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text[:300]
+    assert "promot" in response.text.lower()
+
+
+def test_every_listening_socket_is_on_loopback(demo: dict[str, Any]) -> None:
+    import psutil
+
+    running = demo["stack"].running()
+    assert set(running) == EXPECTED_PROCESSES
+    listening = []
+    for pid in running.values():
+        parent = psutil.Process(pid)
+        for process in [parent, *parent.children(recursive=True)]:
+            try:
+                connections = process.net_connections(kind="inet")
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            listening += [(process.name(), c.laddr) for c in connections if c.status == psutil.CONN_LISTEN]
+    assert listening, "no listening socket found at all"
+    assert all(addr.ip in ("127.0.0.1", "::1") for _, addr in listening), listening
+
+
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_down_stops_exactly_what_was_started(demo: dict[str, Any]) -> None:
+    """Runs last: what `loopline down` does."""
+    import psutil
+
+    stack: Stack = demo["stack"]
+    pids = list(stack.running().values())
+    family = [child.pid for pid in pids for child in psutil.Process(pid).children(recursive=True)]
+    assert sorted(stack.stop()) == sorted(EXPECTED_PROCESSES)
+    assert stack.running() == {}
+    assert not [pid for pid in pids + family if _running(pid)]
