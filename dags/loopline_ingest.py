@@ -28,8 +28,8 @@ from loopline_airflow.runtime import ingest_schedule
     doc_md=__doc__,
     params={
         "batch": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             title="Batch",
             description="Batch key to ingest (e.g. 2025-03). Empty: the batch of the run's data interval.",
         )

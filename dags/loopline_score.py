@@ -24,8 +24,8 @@ from loopline_airflow.assets import LAKE, PREDICTIONS
     doc_md=__doc__,
     params={
         "batch": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             title="Batch",
             description="Batch key to (re)score; empty: the triggering batches.",
         )

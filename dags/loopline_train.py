@@ -59,8 +59,8 @@ Approve moves the `champion` alias to v{{ t['version'] }}; Reject keeps the cham
     doc_md=__doc__,
     params={
         "end_batch": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             title="Last batch of the window",
             description="Empty: the newest accepted batch (or the drifted batch of a request).",
         ),

@@ -29,7 +29,11 @@ class AirflowClient:
         for attempt in range(4):
             response = self.session.request(method, f"{self.base_url}/api/v2{path}", timeout=60, **kwargs)
             # A "Database error" (e.g. SQLite busy under load) rolled the request back: safe to try again.
-            if response.status_code not in (500, 503) or "Database error" not in response.text or attempt == 3:
+            if (
+                response.status_code not in (500, 503)
+                or "Database error" not in response.text
+                or attempt == 3
+            ):
                 break
             time.sleep(1 + 2 * attempt)
         if response.status_code >= 400:

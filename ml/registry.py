@@ -63,13 +63,24 @@ def connect(config: LooplineConfig, paths: Paths) -> str:
     uri = paths.tracking_uri(config)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; keep the environment as it was, so that a
+    # later connect() for another LOOPLINE_HOME in this process does not inherit this store.
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
     experiment = mlflow.get_experiment_by_name(config.experiment_name)
     if experiment is not None:
         return experiment.experiment_id
     location = None if uri.startswith("http") else (paths.mlflow_artifacts / config.dataset.name).as_uri()
     try:
-        return mlflow.create_experiment(config.experiment_name, artifact_location=location)
+        return mlflow.create_experiment(
+            config.experiment_name,
+            artifact_location=location,
+            tags={"mlflow.experimentKind": "custom_model_development"},
+        )
     except mlflow.exceptions.MlflowException:
         # Another task created it at the same moment.
         found = mlflow.get_experiment_by_name(config.experiment_name)
