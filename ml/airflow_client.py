@@ -152,3 +152,8 @@ class AirflowClient:
                 )
             time.sleep(0.5)
         raise TimeoutError(f"{dag_id}.{task_id} did not reach {states} within {timeout:.0f} s")
+
+    def extra_links(self, dag_id: str, run_id: str, task_id: str) -> dict[str, str | None]:
+        """The extra links (name -> URL) of a task instance."""
+        found = self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/links")
+        return dict(found.get("extra_links", {}))

@@ -281,21 +281,22 @@ def _parse_time(values: pd.Series, column: str) -> tuple[pd.Series, str | None]:
 
 
 def _parse_target(values: pd.Series, column: str, positive: object) -> tuple[pd.Series, str | None]:
-    text = values.astype("object").map(lambda v: None if pd.isna(v) else str(v))
-    classes = sorted(set(text.dropna()))
+    # Plain lists, not Series.map: pandas turns a mapped None back into NaN, which would label a row 0.
+    text: list[str | None] = [None if pd.isna(v) else str(v) for v in values.astype("object").tolist()]
+    classes = sorted({v for v in text if v is not None})
     if len(classes) > 2:
-        return text, f"column {column}: {len(classes)} classes {classes[:10]} found; a binary target has two"
+        return values, f"column {column}: {len(classes)} classes {classes[:10]} found; a binary target has two"
     if str(positive) not in classes and classes:
         # A numeric positive class may be written as 1.0 by some exporters.
         normalised = {c: c.removesuffix(".0") for c in classes}
         if str(positive) not in normalised.values():
             return (
-                text,
+                values,
                 f"column {column}: positive class {positive!r} never occurs (classes seen: {classes})",
             )
-        text = text.map(lambda v: None if v is None else normalised[v])
-    labelled = text.map(lambda v: None if v is None else int(v == str(positive)))
-    return labelled.astype("Int64"), None
+        text = [None if v is None else normalised[v] for v in text]
+    labelled = [None if v is None else int(v == str(positive)) for v in text]
+    return pd.Series(pd.array(labelled, dtype="Int64"), index=values.index), None
 
 
 def _rows_of_batch(

@@ -69,6 +69,9 @@ def test_approve_promotes_then_reject_keeps_the_champion(stack) -> None:
     assert registry.champion(config).version == "1"
     moves = registry.champion_moves(config)
     assert "approved by admin" in moves[-1]["by"]
+    trained = client.xcom("loopline_train", run_id, "train")
+    link = client.extra_links("loopline_train", run_id, "train")["MLflow run"]
+    assert link and link.endswith(f"/runs/{trained['run_id']}") and link.startswith(config.registry.ui_url)
 
     run_id, run = _review(client, "Reject")
     assert run["state"] == "success"

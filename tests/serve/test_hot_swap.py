@@ -8,7 +8,7 @@ import time
 
 import pytest
 import requests
-from serve_support import Load, build_home, config_with, records_of
+from serve_support import TOKEN, Load, build_home, config_with, records_of
 
 pytestmark = pytest.mark.e2e
 
@@ -34,6 +34,7 @@ def _versions_by_thread(load: Load) -> dict[int, list[str]]:
 
 def test_swaps_under_load_without_a_failed_request(swap_home, start_server) -> None:
     from ml import registry, steps
+    from ml.serve.notify import notify_reload
 
     config, paths = swap_home.config, swap_home.paths
     records = records_of(steps.lake_of(paths).read("loans", [swap_home.scenario.batch_key(4)]))[:400]
@@ -56,10 +57,8 @@ def test_swaps_under_load_without_a_failed_request(swap_home, start_server) -> N
         with swap_home.active():
             assert registry.rollback(config, None, "test") == (v2, "1")
         rolled_back = time.time()
-        reload = requests.post(
-            f"{server.url}/admin/reload", headers=server.headers, timeout=LOAD_BUDGET
-        ).json()
-        assert reload["version"] == "1" and reload["changed"] is True
+        reload = notify_reload(server.url, TOKEN, timeout=LOAD_BUDGET)
+        assert reload is not None and reload["version"] == "1" and reload["changed"] is True
         server.wait_ready(version="1", timeout=LOAD_BUDGET)
         all_back = time.time()
         time.sleep(1)
@@ -71,6 +70,7 @@ def test_swaps_under_load_without_a_failed_request(swap_home, start_server) -> N
     assert "loopline_serve_workers 2" in metrics
     assert f'loopline_serve_requests_total{{path="/predict",code="200"}} {len(answered)}' in metrics
     assert metrics.count("loopline_serve_model_info{") == 2
+    assert notify_reload("http://127.0.0.1:9", TOKEN, timeout=2) is None  # nobody there: logged, not raised
     assert len(answered) > 100
     assert {a.version for a in answered} == {"1", v2}
     for answer in answered:

@@ -128,3 +128,14 @@ def test_source_outside_the_landing_zone_is_refused(config, paths) -> None:
     )
     with pytest.raises(BatchRejected, match="outside the landing zone"):
         landing_path(escaping, paths, BATCH)
+
+
+def test_missing_target_stays_unlabelled_not_negative(config, tmp_path: Path, month: pd.DataFrame) -> None:
+    with_gaps = month.astype({"defaulted": "object"})
+    with_gaps.loc[[0, 1, 2], "defaulted"] = None
+    source = _csv(tmp_path, with_gaps)
+    clean = clean_batch(config, read_source(source, "csv"), BATCH, source)
+    first_ids = set(with_gaps.loc[[0, 1, 2], "loan_id"])
+    targets = clean.frame.set_index("loan_id").loc[sorted(first_ids), "defaulted"]
+    assert targets.isna().all()
+    assert set(clean.frame["defaulted"].dropna().unique()) <= {0, 1}
