@@ -304,7 +304,7 @@ def promote_challenger(
 
 def monitor_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str, Any]:
     """Compare a new batch (and the champion's scores on it) with the champion's reference profile."""
-    from ml import drift, policy, registry, reports
+    from ml import drift, performance, policy, registry, reports
 
     registry.connect(config, paths)
     current = registry.champion(config)
@@ -317,7 +317,17 @@ def monitor_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str,
         }
     frame = lake_of(paths).read(config.dataset.name, [batch])
     scores = registry.predict(registry.load_model(current), frame)
-    result = drift.compare(registry.load_profile(current), frame, scores, batch, config.drift)
+    profile = registry.load_profile(current)
+    result = drift.compare(profile, frame, scores, batch, config.drift)
+    labelled = frame[config.dataset.target].notna().to_numpy()
+    realised = (
+        performance.realised_performance(
+            frame.loc[labelled, config.dataset.target].astype(int), scores[labelled]
+        )
+        if labelled.any()
+        else None
+    )
+    reference_auc = (profile.get("performance") or {}).get("roc_auc")
     order = lake_of(paths).batches(config.dataset.name)
     decision = policy.decide_retrain(config, paths, result, order)
     top = [
@@ -338,9 +348,13 @@ def monitor_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str,
             "model": config.model_name,
             "champion_version": current.version,
             "policy": decision.reason,
+            "realised_roc_auc": (realised or {}).get("roc_auc"),
+            "reference_roc_auc": reference_auc,
         },
     )
     metrics = {"drift_share": result.drift_share, "rows": float(result.rows)}
+    if realised and realised.get("roc_auc") is not None:
+        metrics["realised_roc_auc"] = float(realised["roc_auc"])
     metrics |= {f"psi/{registry.metric_safe(f.column)}": f.psi for f in result.features}
     monitoring_run = registry.log_monitoring_run(
         config,
@@ -362,6 +376,8 @@ def monitor_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str,
         "drift_reason": result.reason,
         "shares": result.shares,
         "performance": result.performance,
+        "realised_performance": realised,
+        "reference_roc_auc": reference_auc,
         "severity": result.severity,
         "drift_share": result.drift_share,
         "score_psi": result.score_psi,

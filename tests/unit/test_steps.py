@@ -65,6 +65,8 @@ def test_loop_in_process(config, paths, landed) -> None:
     shifted = steps.monitor_batch(config, paths, landed.batch_key(7))
     assert shifted["verdict"] == "drift" and shifted["retrain"]
     assert shifted["top_features"]
+    assert shifted["realised_performance"]["rows"] > 0
+    assert 0.5 < shifted["realised_performance"]["roc_auc"] < 1
     scored = steps.score_batch(config, paths, landed.batch_key(7))
     assert scored["rows"] > 0 and scored["champion_version"] == "1"
 
