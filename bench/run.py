@@ -231,17 +231,19 @@ class Bench:
         self.files[rows] = result.payload["files"]
         self.say(f"{rows:,} rows: data generated ({result.payload['seconds']:.0f} s)")
 
-    def train(self, rows: int) -> None:
-        compare = rows == self.opts.compare_rows
-        for repeat in range(self.opts.repeats):
-            lp = self.measure(self.step("train", rows), "train_loopline", rows, batches=WINDOW, repeat=repeat)
-            line = f"{rows:,} rows: train_challenger {lp['seconds']:.1f} s"
-            if compare:
-                loopline, bare = self.pair("train")
-                loopline.runs.append(self.step("train", rows).runs[-1])
-                base = self.measure(bare, "train_bare", rows, batches=WINDOW)
-                line += f" | bare xgboost.train {base['seconds']:.1f} s"
-            self.say(line + f" (repeat {repeat + 1})")
+    def train(self, rows: int, repeat: int) -> None:
+        """One repeat of training at ``rows`` (and of the bare baseline at the comparison size)."""
+        lp = self.measure(self.step("train", rows), "train_loopline", rows, batches=WINDOW, repeat=repeat)
+        line = f"{rows:,} rows: train_challenger {lp['seconds']:.1f} s"
+        if rows == self.opts.compare_rows:
+            loopline, bare = self.pair("train")
+            loopline.runs.append(self.step("train", rows).runs[-1])
+            base = self.measure(bare, "train_bare", rows, batches=WINDOW)
+            line += f" | bare xgboost.train {base['seconds']:.1f} s"
+        self.say(line + f" (repeat {repeat + 1})")
+
+    def champion(self, rows: int) -> None:
+        """The first trained version becomes champion; its reference profile is built once (timed, reported)."""
         self.child("promote_first", rows)
         profile = self.child(
             "build_profile", rows, batches=WINDOW, profile=str(self.home(rows) / "profile.json")
@@ -249,22 +251,19 @@ class Bench:
         series = self.step("build_profile", rows)
         series.add(profile.payload, profile.peak_rss_mib, profile.wall_seconds)
 
-    def drift(self, rows: int, evidently: Path | None) -> None:
-        compare = rows == self.opts.compare_rows
+    def drift(self, rows: int, repeat: int) -> None:
+        """One repeat of the drift check at ``rows`` (and of the Parquet floor at the comparison size)."""
         profile = str(self.home(rows) / "profile.json")
-        for repeat in range(self.opts.repeats):
-            lp = self.measure(
-                self.step("drift", rows), "drift_loopline", rows, batch=NEW_BATCH, profile=profile
-            )
-            line = f"{rows:,} rows: drift read+compare {lp['seconds']:.2f} s (compare {lp['compare_seconds']:.2f})"
-            if compare:
-                loopline, floor = self.pair("drift_floor")
-                loopline.runs.append(self.step("drift", rows).runs[-1])
-                base = self.measure(floor, "drift_floor", rows, file=self.files[rows][NEW_BATCH])
-                line += f" | pyarrow read {base['seconds']:.2f} s"
-            self.say(line + f" (repeat {repeat + 1})")
-        if evidently is not None and rows == self.opts.evidently_rows:
-            self.evidently(rows, evidently)
+        lp = self.measure(self.step("drift", rows), "drift_loopline", rows, batch=NEW_BATCH, profile=profile)
+        line = (
+            f"{rows:,} rows: drift read+compare {lp['seconds']:.2f} s (compare {lp['compare_seconds']:.2f})"
+        )
+        if rows == self.opts.compare_rows:
+            loopline, floor = self.pair("drift_floor")
+            loopline.runs.append(self.step("drift", rows).runs[-1])
+            base = self.measure(floor, "drift_floor", rows, file=self.files[rows][NEW_BATCH])
+            line += f" | pyarrow read {base['seconds']:.2f} s"
+        self.say(line + f" (repeat {repeat + 1})")
 
     def evidently(self, rows: int, python: Path) -> None:
         """Evidently's DataDriftPreset on the same reference and batch, repeats in one process (import once)."""
@@ -292,39 +291,35 @@ class Bench:
 
     def monitor(self, rows: int) -> None:
         """The whole monitor task body once (information, not a target: drift plus champion scoring)."""
-        for repeat in range(1):
-            lp = self.measure(self.step("monitor task", rows), "monitor_loopline", rows, batch=NEW_BATCH)
-            self.say(
-                f"{rows:,} rows: monitor_batch (scores + drift + report) {lp['seconds']:.2f} s (repeat {repeat + 1})"
-            )
+        lp = self.measure(self.step("monitor task", rows), "monitor_loopline", rows, batch=NEW_BATCH)
+        self.say(f"{rows:,} rows: monitor_batch (scores + drift + report) {lp['seconds']:.2f} s")
 
-    def gate(self, rows: int) -> None:
+    def gate(self, rows: int, repeat: int) -> None:
+        """One repeat of the GE gate at ``rows`` (and of the pandas checks at the comparison size)."""
         compare = rows == self.opts.compare_rows
         suite = str(data.SUITE_FILE)
-        for repeat in range(self.opts.repeats):
-            check = compare and repeat == 0
-            lp = self.measure(
-                self.step("gate", rows), "gate_ge", rows, batch=NEW_BATCH, suite=suite, check=check
-            )
-            line = f"{rows:,} rows: GE validate {lp['seconds']:.2f} s (import {lp['import_seconds']:.1f} s)"
-            if compare:
-                loopline, pandas = self.pair("gate")
-                loopline.runs.append(self.step("gate", rows).runs[-1])
-                base = self.measure(pandas, "gate_pandas", rows, batch=NEW_BATCH, suite=suite, check=check)
-                line += f" | pandas {base['seconds']:.3f} s"
-            self.say(line + f" (repeat {repeat + 1})")
+        check = compare and repeat == 0
+        lp = self.measure(self.step("gate", rows), "gate_ge", rows, batch=NEW_BATCH, suite=suite, check=check)
+        line = f"{rows:,} rows: GE validate {lp['seconds']:.2f} s (import {lp['import_seconds']:.1f} s)"
+        if compare:
+            loopline, pandas = self.pair("gate")
+            loopline.runs.append(self.step("gate", rows).runs[-1])
+            base = self.measure(pandas, "gate_pandas", rows, batch=NEW_BATCH, suite=suite, check=check)
+            line += f" | pandas {base['seconds']:.3f} s"
+        self.say(line + f" (repeat {repeat + 1})")
 
-    def score(self, rows: int) -> None:
-        compare = rows == self.opts.compare_rows
-        for repeat in range(self.opts.repeats):
-            lp = self.measure(self.step("score", rows), "score_loopline", rows, batch=NEW_BATCH)
-            line = f"{rows:,} rows: score_batch {lp['seconds']:.2f} s"
-            if compare:
-                loopline, bare = self.pair("score")
-                loopline.runs.append(self.step("score", rows).runs[-1])
-                base = self.measure(bare, "score_bare", rows, batch=NEW_BATCH)
-                line += f" | Booster.predict {base['seconds']:.2f} s, inplace_predict {base['inplace_seconds']:.2f} s"
-            self.say(line + f" (repeat {repeat + 1})")
+    def score(self, rows: int, repeat: int) -> None:
+        """One repeat of scoring at ``rows`` (and of the bare booster at the comparison size)."""
+        lp = self.measure(self.step("score", rows), "score_loopline", rows, batch=NEW_BATCH)
+        line = f"{rows:,} rows: score_batch {lp['seconds']:.2f} s"
+        if rows == self.opts.compare_rows:
+            loopline, bare = self.pair("score")
+            loopline.runs.append(self.step("score", rows).runs[-1])
+            base = self.measure(bare, "score_bare", rows, batch=NEW_BATCH)
+            line += (
+                f" | Booster.predict {base['seconds']:.2f} s, inplace_predict {base['inplace_seconds']:.2f} s"
+            )
+        self.say(line + f" (repeat {repeat + 1})")
 
     def dag_parse(self) -> None:
         example = example_dag()
@@ -434,16 +429,28 @@ class Bench:
             except Exception as exc:
                 self.errors.append(f"Evidently venv: {exc}")
         procs.OMP_WAIT_POLICY = "PASSIVE" if opts.omp_wait_policy == "passive" else None
+        # Sizes alternate inside each repeat, so a change of the machine's load hits every size alike (growth).
         for rows in sorted({*opts.sizes, opts.compare_rows, opts.evidently_rows}):
             self.guarded(f"data {rows}", lambda rows=rows: self.prepare(rows))
-            if rows not in self.files:
-                continue
-            self.guarded(f"train {rows}", lambda rows=rows: self.train(rows))
-            self.guarded(f"drift {rows}", lambda rows=rows: self.drift(rows, evidently))
-            if rows == opts.compare_rows and "monitor" not in opts.skip:
-                self.guarded(f"monitor {rows}", lambda rows=rows: self.monitor(rows))
-            self.guarded(f"gate {rows}", lambda rows=rows: self.gate(rows))
-            self.guarded(f"score {rows}", lambda rows=rows: self.score(rows))
+        ready = sorted(self.files)
+        for repeat in range(opts.repeats):
+            for rows in ready:
+                self.guarded(f"train {rows}", lambda rows=rows, r=repeat: self.train(rows, r))
+        for rows in ready:
+            self.guarded(f"champion {rows}", lambda rows=rows: self.champion(rows))
+        for repeat in range(opts.repeats):
+            for rows in ready:
+                self.guarded(f"drift {rows}", lambda rows=rows, r=repeat: self.drift(rows, r))
+        if evidently is not None and opts.evidently_rows in ready:
+            self.guarded("Evidently", lambda: self.evidently(opts.evidently_rows, evidently))
+        if opts.compare_rows in ready and "monitor" not in opts.skip:
+            self.guarded("monitor", lambda: self.monitor(opts.compare_rows))
+        for repeat in range(opts.repeats):
+            for rows in ready:
+                self.guarded(f"gate {rows}", lambda rows=rows, r=repeat: self.gate(rows, r))
+        for repeat in range(opts.repeats):
+            for rows in ready:
+                self.guarded(f"score {rows}", lambda rows=rows, r=repeat: self.score(rows, r))
         if "parse" not in opts.skip:
             self.guarded("DAG parse", self.dag_parse)
         if "loop" not in opts.skip:

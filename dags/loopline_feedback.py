@@ -1,7 +1,6 @@
 """loopline_feedback: load the delayed labels of each window and join them to the captured live predictions.
 
-Scheduled by ``serving.labels.schedule`` (e.g. ``@daily``; without it the DAG runs only when triggered),
-one run per data interval, idempotent: a re-run
+Scheduled by ``serving.labels.schedule`` (default daily), one run per data interval, idempotent: a re-run
 loads the same labels (an upsert keyed by entity id, the latest label time winning) and replaces the window's
 join report. ``load_labels`` reads the window's labels from the landing zone (``serving.labels.path``, e.g.
 ``loans_labels/2025-03-01.csv``) or from a SQL table read with bound parameters; it counts invalid, duplicated,
@@ -17,20 +16,19 @@ import pendulum
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 
-def _schedule() -> CronDataIntervalTimetable | None:
-    """The timetable from ``serving.labels.schedule``; none (trigger it) while no label source is configured."""
+def _schedule() -> str:
+    """The schedule from the config (cheap: no heavy import), daily by default."""
     from ml.config import load_config
 
     serving = getattr(load_config(), "serving", None)
     labels = getattr(serving, "labels", None)
-    cron = getattr(labels, "schedule", None)
-    return CronDataIntervalTimetable(str(cron), timezone="UTC") if cron else None
+    return str(getattr(labels, "schedule", None) or "@daily")
 
 
 @dag(
     dag_id="loopline_feedback",
     # Data intervals (not trigger times): each run covers [data_interval_start, data_interval_end).
-    schedule=_schedule(),
+    schedule=CronDataIntervalTimetable(_schedule(), timezone="UTC"),
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
     default_args={"retries": 1, "retry_delay": pendulum.duration(seconds=30)},
