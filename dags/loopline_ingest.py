@@ -11,10 +11,10 @@ loopline_score.
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 
 from loopline_airflow.assets import LAKE
-from loopline_airflow.runtime import ingest_schedule
+from loopline_airflow.runtime import batch_param, ingest_schedule
 
 
 @dag(
@@ -27,12 +27,9 @@ from loopline_airflow.runtime import ingest_schedule
     tags=["loopline", "ingest"],
     doc_md=__doc__,
     params={
-        "batch": Param(
-            None,
-            type=["null", "string"],
-            title="Batch",
-            description="Batch key to ingest (e.g. 2025-03). Empty: the batch of the run's data interval.",
-        )
+        "batch": batch_param(
+            "Batch key to ingest (e.g. 2025-03). Empty: the batch of the run's data interval."
+        ),
     },
 )
 def loopline_ingest() -> None:

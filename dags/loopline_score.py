@@ -8,9 +8,10 @@ param to re-score a past batch, e.g. after a rollback. Predictions go to the lak
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 
 from loopline_airflow.assets import LAKE, PREDICTIONS
+from loopline_airflow.runtime import batch_param
 
 
 @dag(
@@ -23,12 +24,7 @@ from loopline_airflow.assets import LAKE, PREDICTIONS
     tags=["loopline", "scoring"],
     doc_md=__doc__,
     params={
-        "batch": Param(
-            None,
-            type=["null", "string"],
-            title="Batch",
-            description="Batch key to (re)score; empty: the triggering batches.",
-        )
+        "batch": batch_param("Batch key to (re)score; empty: the triggering batches."),
     },
 )
 def loopline_score() -> None:

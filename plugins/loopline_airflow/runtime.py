@@ -104,3 +104,10 @@ def reviewer_of(review: dict[str, Any]) -> str:
     if isinstance(user, dict):
         return str(user.get("name") or user.get("id") or "unknown")
     return str(user)
+
+
+def batch_param(description: str) -> Any:
+    """The optional ``batch`` trigger-form field shared by the DAGs that work on one batch."""
+    from airflow.sdk import Param
+
+    return Param(None, type=["null", "string"], title="Batch", description=description)
