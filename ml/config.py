@@ -197,6 +197,41 @@ class RegistryConfig(_Strict):
     )
 
 
+class SparkConfig(_Strict):
+    """Where the ``spark`` engine runs its jobs (a classic session; Spark Connect for the data steps)."""
+
+    master: str = Field(
+        default="local[2]", description="Spark master URL: local[N], spark://host:port, k8s://https://host."
+    )
+    connect_url: str | None = Field(
+        default=None,
+        description="Spark Connect URL (sc://host:port) for ingestion, the gate and profiles; training "
+        "always uses a classic session (XGBoost on Spark needs the SparkContext).",
+    )
+    num_workers: int = Field(default=2, ge=1, description="XGBoost workers (Spark task slots used at once).")
+    conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark conf, key -> value.")
+
+
+class EngineConfig(_Strict):
+    """Which engine runs the data-heavy work of each step; the DAG files are the same for every engine."""
+
+    kind: Literal["local", "spark"] = Field(
+        default="local",
+        description="local: pandas/pyarrow/XGBoost in the task's process, out of core past the memory "
+        "budget; spark: Apache Spark jobs (needs the loopline[spark] extra and Java 17).",
+    )
+    memory_budget_mb: int = Field(
+        default=2048,
+        ge=64,
+        description="Local engine: a window whose in-memory size exceeds this streams in record batches "
+        "and trains out of core.",
+    )
+    batch_rows: int = Field(
+        default=250_000, ge=1000, description="Local engine: rows per record batch when streaming."
+    )
+    spark: SparkConfig = SparkConfig()
+
+
 class LooplineConfig(_Strict):
     """The whole configuration of one dataset's loop."""
 
@@ -208,6 +243,7 @@ class LooplineConfig(_Strict):
     drift: DriftConfig = DriftConfig()
     alerts: AlertsConfig = AlertsConfig()
     registry: RegistryConfig = RegistryConfig()
+    engine: EngineConfig = EngineConfig()
     config_path: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")

@@ -1,0 +1,85 @@
+"""The seam between the loop's steps and the engine that does their data-heavy work.
+
+``ml.steps`` keeps the transaction of each step (MLflow logging, the registry, reports, the policy); an engine
+reads the lake and computes: the window's quality gate, training with its reference profile, a batch's drift
+statistics and its scores. ``local`` (pandas, pyarrow and XGBoost in the task's process, out of core past the
+memory budget) and ``spark`` (Apache Spark jobs) give the same results within a stated tolerance, so the DAG
+files never change between engines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import xgboost as xgb
+
+    from ml.config import LooplineConfig, Paths
+    from ml.drift import DriftResult
+    from ml.features import FeatureSpec
+    from ml.quality import GateResult
+
+
+@dataclass
+class TrainedModel:
+    """What training on a window produced, ready for ``registry.log_training_run``."""
+
+    booster: xgb.Booster
+    spec: FeatureSpec
+    profile: dict[str, Any]
+    """The drift reference profile (``drift.build_profile``'s document) of the training rows and their scores."""
+    train_metrics: dict[str, float]
+    importance: dict[str, float]
+    train_rows: int
+    holdout: pd.DataFrame
+    """The evaluation rows (the latest share of the newest batch), in memory: never seen in training."""
+    example: pd.DataFrame
+    """A few training rows (feature columns) for the model's signature and input example."""
+    lineage: dict[str, str] = field(default_factory=dict)
+    """Engine facts for the run's tags (``loopline.engine``, out-of-core or not, partitions read)."""
+
+
+@dataclass
+class MonitoredBatch:
+    """A batch compared with the champion's reference profile, plus realised performance when labelled."""
+
+    drift: DriftResult
+    realised: dict[str, Any] | None
+    rows: int
+
+
+class Engine(Protocol):
+    """The data-heavy half of the loop's steps, over accepted lake batches."""
+
+    name: str
+    config: LooplineConfig
+    paths: Paths
+
+    def validate(self, batches: list[str], run_name: str) -> GateResult:
+        """The dataset's GE suite over the batches, as one verdict (Data Docs built, raw result kept)."""
+        ...
+
+    def train(self, batches: list[str], params: dict[str, Any]) -> TrainedModel:
+        """Split off the holdout, fit XGBoost on the rest, profile the training rows and their scores."""
+        ...
+
+    def monitor(self, batch: str, booster: xgb.Booster, profile: dict[str, Any]) -> MonitoredBatch:
+        """Drift statistics of one batch and the booster's scores on it against ``profile``."""
+        ...
+
+    def score(self, batch: str, booster: xgb.Booster, model_version: str) -> dict[str, Any]:
+        """Score one batch and write its predictions partition (replaced on re-run); returns a summary."""
+        ...
+
+
+def engine_for(config: LooplineConfig, paths: Paths) -> Engine:
+    """The engine the config names (``engine.kind``); Spark is imported only when chosen."""
+    if config.engine.kind == "spark":
+        from ml.engines.spark import SparkEngine
+
+        return SparkEngine(config, paths)
+    from ml.engines.local import LocalEngine
+
+    return LocalEngine(config, paths)
