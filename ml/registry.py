@@ -152,6 +152,7 @@ def log_training_run(
     train: pd.DataFrame,
     partitions: list[Partition],
     params: dict[str, Any],
+    train_rows: int | None = None,
     train_metrics: dict[str, float],
     profile: dict[str, Any],
     quality: dict[str, Any] | None,
@@ -159,7 +160,11 @@ def log_training_run(
     run_name: str,
     tags: dict[str, str],
 ) -> VersionRef:
-    """Log a trained model with its lineage and register it as a new version of the config's model."""
+    """Log a trained model with its lineage and register it as a new version of the config's model.
+
+    ``train`` may be a sample of the training rows (features and target; the first rows feed the signature and
+    the dataset inputs); ``train_rows`` is then the real count (default ``len(train)``).
+    """
     import mlflow
     from mlflow.models import infer_signature
 
@@ -174,7 +179,7 @@ def log_training_run(
         mlflow.log_params(
             {
                 "window": f"{partitions[0].batch}..{partitions[-1].batch}",
-                "train_rows": len(train),
+                "train_rows": len(train) if train_rows is None else train_rows,
                 "features": len(spec.columns),
             }
         )
