@@ -105,8 +105,14 @@ def test_trigger_train_from_the_form_and_the_run_succeeds(airflow_page: Any, liv
 
     page = airflow_page
     dialog = page.get_by_role("dialog")
-    if not dialog.locator("[name=element_end_batch]").is_visible():  # Advanced Options folded the params
-        dialog.get_by_role("button", name="Run Parameters").click()
+    # Opening Advanced Options may fold Run Parameters (an animated accordion): read the settled state from
+    # the section's button, not from a field that can still be visible mid-animation.
+    run_parameters = dialog.get_by_role("button", name="Run Parameters")
+    if run_parameters.get_attribute("aria-expanded") != "true":
+        run_parameters.click()
+    expect(run_parameters).to_have_attribute("aria-expanded", "true")
+    for name in TRAIN_PARAMS:
+        expect(dialog.locator(f"[name=element_{name}]")).to_be_visible()
     dialog.locator("[name=element_end_batch]").fill("2025-03")
     dialog.locator("[name=element_num_boost_round]").fill("40")
     _shot(page, live, "airflow-04-trigger-filled")
