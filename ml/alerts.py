@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import json
 import smtplib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from functools import partial
+from html import escape
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from ml.config import AlertsConfig
+from ml.config import AlertsConfig, LooplineConfig
 
 
 def build_alert(
@@ -58,6 +62,35 @@ def build_alert(
     }
 
 
+def for_result(
+    config: LooplineConfig, alert_log: Path, result: dict[str, Any], retrain_action: str
+) -> tuple[dict[str, Any], bool] | None:
+    """The alert for a monitor result (``steps.monitor_batch``, or a live window with ``source: live``) and
+    whether it repeats a recent one (grouped); None when the verdict is not drift.
+
+    ``retrain_action`` is the action line when the policy requested a retrain; otherwise the policy's reason.
+    """
+    if result.get("verdict") != "drift":
+        return None
+    document = build_alert(
+        dataset=config.dataset.name,
+        batch=result["batch"],
+        severity=result["severity"],
+        top_features=result["top_features"],
+        score_psi=result.get("score_psi"),
+        action=retrain_action if result.get("retrain") else result["reason"],
+        report=result["report_html"],
+        runbook=config.alerts.runbook_url,
+        model=config.model_name,
+        champion_version=result.get("champion_version"),
+    )
+    if result.get("source") == "live":
+        document["source"] = "live"
+        document["title"] = document["title"].replace(" batch live-", " live traffic ")
+        document["text"] = document["title"] + document["text"][document["text"].index("\n") :]
+    return document, is_repeat(alert_log, document, result.get("recent_batches", []))
+
+
 def is_repeat(alert_log: Path, alert: dict[str, Any], recent_batches: list[str]) -> bool:
     """True when an alert of the same severity and features was already sent for one of ``recent_batches``."""
     if not alert_log.is_file():
@@ -88,14 +121,185 @@ def send_webhook(url: str, alert: dict[str, Any], timeout: float = 10.0) -> None
     response.raise_for_status()
 
 
-def send_email(config: AlertsConfig, alert: dict[str, Any]) -> None:
-    """Send the alert over SMTP to ``alerts.email_to``."""
-    if not config.smtp_host or not config.email_to:
-        return
+class DeliveryError(RuntimeError):
+    """One channel could not take the alert; the message names the channel, the server and the fix."""
+
+
+class AlertNotDelivered(RuntimeError):
+    """At least one channel failed after every channel was tried; ``failures`` names each one."""
+
+    def __init__(self, alert: dict[str, Any], alert_log: Path, logged: bool, failures: list[str]) -> None:
+        self.failures = failures
+        where = (
+            f"written to the local log {alert_log}" if logged else f"NOT written to the local log {alert_log}"
+        )
+        super().__init__(f"alert {alert['title']!r} {where} but not delivered to: " + "; ".join(failures))
+
+
+def deliver(config: AlertsConfig, alert_log: Path, alert: dict[str, Any]) -> list[str]:
+    """Append the alert to the local log, then send it to the webhook and by e-mail when configured.
+
+    An alert marked ``grouped`` is only logged. Every channel is tried even when an earlier one fails (the log
+    first, so an unreachable server never loses the alert); then ``AlertNotDelivered`` names each failure.
+    Returns the channels that took the alert.
+    """
+    delivered: list[str] = []
+    failures: list[str] = []
+    logged = False
+    try:
+        append_to_log(alert_log, alert)
+        logged = True
+        delivered.append(f"log {alert_log}")
+    except OSError as exc:
+        failures.append(f"local log {alert_log}: {exc}")
+    channels: list[tuple[str, Callable[[], None]]] = []
+    if not alert.get("grouped"):
+        if config.webhook_url:
+            channels.append(
+                (f"webhook {config.webhook_url}", partial(send_webhook, config.webhook_url, alert))
+            )
+        if config.smtp_host and config.email_to:
+            channels.append((f"email to {', '.join(config.email_to)}", partial(send_email, config, alert)))
+    for name, send in channels:
+        try:
+            send()
+            delivered.append(name)
+        except Exception as exc:
+            failures.append(f"{name}: {exc}")
+    if failures:
+        raise AlertNotDelivered(alert, alert_log, logged, failures)
+    return delivered
+
+
+def email_message(config: AlertsConfig, alert: dict[str, Any]) -> EmailMessage:
+    """The alert as an e-mail: subject = the alert's title, plain text body with an HTML alternative."""
     message = EmailMessage()
     message["Subject"] = alert["title"]
     message["From"] = config.email_from
     message["To"] = ", ".join(config.email_to)
-    message.set_content(alert["text"])
-    with smtplib.SMTP(config.smtp_host, config.smtp_port, timeout=10) as smtp:
-        smtp.send_message(message)
+    message["Date"] = format_datetime(datetime.now(UTC))
+    message["Message-ID"] = make_msgid(domain="loopline.alerts")
+    message["X-Loopline-Dataset"] = alert["dataset"]
+    message["X-Loopline-Batch"] = alert["batch"]
+    message["X-Loopline-Severity"] = alert["severity"]
+    message.set_content(_email_text(alert))
+    message.add_alternative(_email_html(alert), subtype="html")
+    return message
+
+
+def send_email(config: AlertsConfig, alert: dict[str, Any], timeout: float = 10.0) -> None:
+    """Send the alert over SMTP to ``alerts.email_to``; raises ``DeliveryError`` saying what failed and where."""
+    if not config.smtp_host or not config.email_to:
+        return
+    server = f"SMTP server {config.smtp_host}:{config.smtp_port}"
+    try:
+        with smtplib.SMTP(config.smtp_host, config.smtp_port, timeout=timeout) as smtp:
+            refused = smtp.send_message(email_message(config, alert))
+    except smtplib.SMTPRecipientsRefused as exc:
+        raise DeliveryError(f"{server} refused every recipient: {_refusals(exc.recipients)}") from exc
+    except (smtplib.SMTPException, OSError) as exc:
+        raise DeliveryError(
+            f"{server} failed: {type(exc).__name__}: {exc} "
+            "(check alerts.smtp_host and alerts.smtp_port, and that the server is up)"
+        ) from exc
+    if refused:
+        raise DeliveryError(f"{server} refused {_refusals(refused)}; the other recipients got the alert")
+
+
+def _refusals(refused: dict[str, tuple[int, bytes]]) -> str:
+    return ", ".join(
+        f"{to} ({code} {reply.decode(errors='replace')})" for to, (code, reply) in refused.items()
+    )
+
+
+def _feature_rows(alert: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """Per top feature: name, PSI, severity, corrected p-value, new categories (as display strings)."""
+    rows = []
+    for feature in alert["top_features"]:
+        p_value = feature.get("p_value")
+        rows.append(
+            (
+                str(feature["column"]),
+                f"{feature['psi']:.2f}",
+                str(feature.get("severity") or "-"),
+                "-" if p_value is None else f"{p_value:.2g}",
+                ", ".join(map(str, feature.get("new_categories") or [])) or "-",
+            )
+        )
+    return rows
+
+
+_FEATURE_HEADER = ("feature", "PSI", "severity", "p (corrected)", "new categories")
+
+
+def _email_facts(alert: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The labelled lines of the e-mail: what drifted (before the feature table), then what was done and where."""
+    identity = [
+        ("Dataset", alert["dataset"]),
+        ("Batch", alert["batch"]),
+        ("Severity", alert["severity"]),
+        ("Champion", f"{alert['model']} v{alert['champion_version']}"),
+    ]
+    outcome = []
+    if alert.get("score_psi") is not None:
+        outcome.append(("Prediction score PSI", f"{alert['score_psi']:.2f}"))
+    outcome += [("Action taken", alert["action"]), ("Report", alert["report"]), ("Runbook", alert["runbook"])]
+    if alert.get("airflow_run"):
+        outcome.append(("Airflow run", alert["airflow_run"]))
+    return identity, outcome
+
+
+def _email_text(alert: dict[str, Any]) -> str:
+    rows = [_FEATURE_HEADER, *_feature_rows(alert)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_FEATURE_HEADER))]
+    table = [
+        "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    identity, outcome = _email_facts(alert)
+    facts = [[f"{label}: {value}" for label, value in part] for part in (identity, outcome)]
+    return "\n".join(
+        [
+            alert["title"],
+            "",
+            *facts[0],
+            "",
+            "Top drifted features:",
+            *table,
+            "",
+            *facts[1],
+            "",
+            _NEXT_STEP,
+            "",
+        ]
+    )
+
+
+def _email_html(alert: dict[str, Any]) -> str:
+    def cell(label: str, value: str) -> str:
+        if label in ("Report", "Runbook"):
+            target = Path(value).as_uri() if value.startswith("/") else value
+            return f'<a href="{escape(target, quote=True)}">{escape(value)}</a>'
+        return escape(value)
+
+    def table(facts: list[tuple[str, str]]) -> str:
+        rows = "".join(f"<tr><th align='left'>{escape(k)}</th><td>{cell(k, v)}</td></tr>" for k, v in facts)
+        return f"<table cellpadding='4'>{rows}</table>"
+
+    identity, outcome = (table(part) for part in _email_facts(alert))
+    header = "".join(f"<th align='left'>{escape(name)}</th>" for name in _FEATURE_HEADER)
+    features = "".join(
+        "<tr>" + "".join(f"<td>{escape(value)}</td>" for value in row) + "</tr>"
+        for row in _feature_rows(alert)
+    )
+    return (
+        f"<html><body><h2>{escape(alert['title'])}</h2>{identity}<h3>Top drifted features</h3>"
+        f"<table border='1' cellpadding='4' cellspacing='0'><tr>{header}</tr>{features}</table>"
+        f"{outcome}<p>{escape(_NEXT_STEP)}</p></body></html>"
+    )
+
+
+_NEXT_STEP = (
+    "Next: open the report; if this is an upstream data bug, run `loopline retrain pause` before the loop "
+    "learns it. Every step is in the runbook section above."
+)

@@ -8,11 +8,14 @@ through the broker channel and at high debt-to-income) and a data-quality incide
 
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from ml.lake import atomic_write_bytes
 
@@ -162,16 +165,59 @@ def write_landing(scenario: Scenario, folder: Path, file_format: str = "csv") ->
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for month in range(1, scenario.months + 1):
-        frame = generate_month(scenario, month)
         target = folder / f"{scenario.batch_key(month)}.{file_format}"
-        if file_format == "csv":
-            payload = frame.to_csv(index=False, date_format="%Y-%m-%dT%H:%M:%S").encode()
-        else:
-            import io
-
-            buffer = io.BytesIO()
-            frame.to_parquet(buffer, index=False)
-            payload = buffer.getvalue()
-        atomic_write_bytes(target, payload)
+        atomic_write_bytes(target, _serialise(generate_month(scenario, month), file_format))
         written.append(target)
     return written
+
+
+def write_row_stream(scenario: Scenario, target: Path, file_format: str = "csv") -> Path:
+    """Write every month of a scenario, in order, into one file without the time column.
+
+    This is a dataset for ``batching.by: rows`` (no time column): with ``duplicate_rate=0`` and
+    ``batching.rows_per_batch = rows_per_month``, row batch ``00000k`` holds exactly month ``k + 1``. An incident
+    month keeps its nulls and impossible values; its dropped column is empty for that month's rows.
+    """
+    months = [generate_month(scenario, month) for month in range(1, scenario.months + 1)]
+    columns = [ID_COLUMN, *NUMERIC_FEATURES, *CATEGORICAL_FEATURES, TARGET]
+    stream = pd.concat(months, ignore_index=True)[columns]
+    atomic_write_bytes(target, _serialise(stream, file_format))
+    return target
+
+
+def write_row_stream_dataset(
+    scenario: Scenario, landing: Path, config_dir: Path, base_config: Path, file_format: str = "csv"
+) -> Path:
+    """Set the demo up as a dataset batched by rows; returns the config file written to ``config_dir``.
+
+    Writes ``<landing>/loans_stream.<format>`` (``write_row_stream``), the demo suite minus its time-column
+    expectations, and a copy of ``base_config`` (the demo config) with no time column, ``batching.by: rows`` and
+    ``rows_per_batch = rows_per_month``.
+    """
+    source = f"loans_stream.{file_format}"
+    write_row_stream(scenario, landing / source, file_format)
+    raw = yaml.safe_load(base_config.read_text())
+    dataset = raw["dataset"]
+    suite_name = dataset.get("expectation_suite") or f"expectations/{dataset['name']}.json"
+    suite = json.loads((base_config.parent / suite_name).read_text())
+    kept = [e for e in suite["expectations"] if e.get("kwargs", {}).get("column") != TIME_COLUMN]
+    config_dir.mkdir(parents=True, exist_ok=True)
+    suite_file = config_dir / "loans_stream.json"
+    atomic_write_bytes(suite_file, json.dumps({**suite, "expectations": kept}, indent=2).encode())
+    dataset |= {
+        "time_column": None,
+        "source": {"path": source, "format": file_format},
+        "expectation_suite": str(suite_file),
+    }
+    raw["batching"] = {"by": "rows", "rows_per_batch": scenario.rows_per_month, "schedule": None}
+    config_file = config_dir / "loopline.yaml"
+    atomic_write_bytes(config_file, yaml.safe_dump(raw, sort_keys=False).encode())
+    return config_file
+
+
+def _serialise(frame: pd.DataFrame, file_format: str) -> bytes:
+    if file_format == "csv":
+        return frame.to_csv(index=False, date_format="%Y-%m-%dT%H:%M:%S").encode()
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +23,12 @@ import numpy as np
 from ml import alerts, policy, registry, steps
 from ml.config import LooplineConfig, Paths
 from ml.evaluate import classification_metrics
-from ml.ingest import discover_batches
+from ml.ingest import BatchRejected, discover_batches
 from ml.lake import atomic_write_bytes, atomic_write_json
 from ml.quality import QualityGateFailed
+
+PHASES = ("ingest", "score", "monitor", "retrain")
+"""The timed phases of a batch, in order; ``BatchOutcome.seconds`` has one entry per phase that ran."""
 
 
 @dataclass
@@ -31,17 +36,33 @@ class BatchOutcome:
     """What happened to one batch in the replay."""
 
     batch: str
-    accepted: bool
+    accepted: bool = False
+    rows: int | None = None
     verdict: str | None = None
     severity: str | None = None
+    drift_share: float | None = None
+    score_psi: float | None = None
     top_features: list[str] = field(default_factory=list)
     alert: bool = False
+    alert_grouped: bool = False
+    report: str | None = None
     retrain: bool = False
     retrain_outcome: str | None = None
     champion_version: str | None = None
     champion_roc_auc: float | None = None
     static_roc_auc: float | None = None
     note: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the wall time of the ``with`` block to ``seconds[phase]``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            self.seconds[phase] = round(self.seconds.get(phase, 0.0) + elapsed, 3)
 
 
 def replay(
@@ -51,7 +72,12 @@ def replay(
     bootstrap: int = 3,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the backtest in ``work_home`` over every batch found in ``source_paths``' landing zone."""
+    """Run the backtest in ``work_home`` over every batch found in ``source_paths``' landing zone.
+
+    Works for time batching (one file per batch, or one file cut by its time column) and for ``batching.by:
+    rows`` (one file cut into blocks of ``rows_per_batch`` rows, no time column needed).
+    """
+    started = time.perf_counter()
     paths = _prepare_home(source_paths, work_home)
     batches = discover_batches(config, paths)
     if len(batches) <= bootstrap:
@@ -61,31 +87,42 @@ def replay(
     outcomes: list[BatchOutcome] = []
     static_model = None
     for batch in batches:
-        outcome = BatchOutcome(batch, accepted=_ingest(config, paths, batch))
+        outcome = BatchOutcome(batch)
         outcomes.append(outcome)
+        with outcome.timed("ingest"):
+            _ingest(config, paths, outcome)
         if not outcome.accepted:
-            outcome.note = "quarantined by the quality gate"
-            echo(f"{batch}: quarantined")
+            echo(f"{batch}: {outcome.note}")
             continue
         accepted = [o for o in outcomes if o.accepted]
         if static_model is None:
             if len(accepted) == bootstrap:
-                outcome.retrain, outcome.retrain_outcome = True, _retrain(config, paths, batch, "bootstrap")
-                current = registry.champion(config)
-                static_model = registry.load_model(current) if current else None
+                with outcome.timed("retrain"):
+                    outcome.retrain = True
+                    outcome.retrain_outcome = _retrain(config, paths, batch, "bootstrap")
+                    current = registry.champion(config)
+                    static_model = registry.load_model(current) if current else None
                 outcome.champion_version = current.version if current else None
             echo(f"{batch}: accepted (bootstrap){' -> first champion' if outcome.retrain else ''}")
             continue
-        _score(config, paths, batch, outcome, static_model)
-        _monitor(config, paths, batch, outcome)
+        with outcome.timed("score"):
+            _score(config, paths, batch, outcome, static_model)
+        with outcome.timed("monitor"):
+            result = _monitor(config, paths, batch, outcome)
+        if result.get("retrain"):
+            with outcome.timed("retrain"):
+                policy.record_request(paths, batch, result["reason"], outcome.top_features)
+                outcome.retrain = True
+                outcome.retrain_outcome = _retrain(config, paths, batch, "drift")
         echo(_line(outcome))
-    report = {
+    return {
         "dataset": config.dataset.name,
+        "batching": config.batching.by,
         "bootstrap_batches": bootstrap,
         "batches": [asdict(o) for o in outcomes],
         "summary": _summary(outcomes),
+        "timing": _timing(outcomes, time.perf_counter() - started),
     }
-    return report
 
 
 def _prepare_home(source: Paths, work_home: Path) -> Paths:
@@ -103,14 +140,19 @@ def _prepare_home(source: Paths, work_home: Path) -> Paths:
     return paths
 
 
-def _ingest(config: LooplineConfig, paths: Paths, batch: str) -> bool:
-    from ml.ingest import BatchRejected
-
+def _ingest(config: LooplineConfig, paths: Paths, outcome: BatchOutcome) -> None:
+    """Ingest the batch into the replay's lake; a refused batch gets the reason in ``note``."""
     try:
-        steps.ingest_batch(config, paths, batch, quarantine_moves_source=False)
-    except (BatchRejected, QualityGateFailed):
-        return False
-    return True
+        ingested = steps.ingest_batch(config, paths, outcome.batch, quarantine_moves_source=False)
+    except BatchRejected as exc:
+        outcome.note = "quarantined: " + "; ".join(exc.problems)
+    except QualityGateFailed as exc:
+        failed = ", ".join(
+            f"{f.expectation}" + (f" on {f.column}" if f.column else "") for f in exc.result.critical
+        )
+        outcome.note = f"quarantined by the quality gate: {failed}"
+    else:
+        outcome.accepted, outcome.rows = True, ingested["rows"]
 
 
 def _retrain(config: LooplineConfig, paths: Paths, end_batch: str, trigger: str) -> str:
@@ -150,33 +192,22 @@ def _score(
         outcome.static_roc_auc = classification_metrics(y, scores, config.gate.decision_threshold)["roc_auc"]
 
 
-def _monitor(config: LooplineConfig, paths: Paths, batch: str, outcome: BatchOutcome) -> None:
+def _monitor(config: LooplineConfig, paths: Paths, batch: str, outcome: BatchOutcome) -> dict[str, Any]:
+    """Drift of the batch, and its alert in the replay's own alert log (never sent anywhere)."""
     result = steps.monitor_batch(config, paths, batch)
     outcome.verdict, outcome.severity = result["verdict"], result.get("severity")
+    outcome.drift_share, outcome.score_psi = result.get("drift_share"), result.get("score_psi")
+    outcome.report = result.get("report_html")
     outcome.top_features = [f["column"] for f in result.get("top_features", [])]
-    if result["verdict"] == "drift":
+    outcome.note = result.get("reason")
+    alert = alerts.for_result(
+        config, paths.alert_log, result, "retrain requested (the replay retrains at once)"
+    )
+    if alert is not None:
+        document, outcome.alert_grouped = alert
         outcome.alert = True
-        action = "retrain requested" if result["retrain"] else result["reason"]
-        document = alerts.build_alert(
-            dataset=config.dataset.name,
-            batch=batch,
-            severity=result["severity"],
-            top_features=result["top_features"],
-            score_psi=result.get("score_psi"),
-            action=action,
-            report=result["report_html"],
-            runbook=config.alerts.runbook_url,
-            model=config.model_name,
-            champion_version=result.get("champion_version"),
-        )
-        grouped = alerts.is_repeat(paths.alert_log, document, result.get("recent_batches", []))
-        alerts.append_to_log(paths.alert_log, {**document, "grouped": grouped})
-    if result.get("retrain"):
-        policy.record_request(paths, batch, result["reason"], outcome.top_features)
-        outcome.retrain = True
-        outcome.retrain_outcome = _retrain(config, paths, batch, "drift")
-    else:
-        outcome.note = result.get("reason")
+        alerts.append_to_log(paths.alert_log, {**document, "grouped": outcome.alert_grouped})
+    return result
 
 
 def _line(outcome: BatchOutcome) -> str:
@@ -185,6 +216,7 @@ def _line(outcome: BatchOutcome) -> str:
     line = f"{outcome.batch}: v{outcome.champion_version} AUC {auc} (static {static}); {outcome.verdict}"
     if outcome.alert:
         line += f" {outcome.severity} [{', '.join(outcome.top_features[:3])}]"
+        line += " (alert grouped)" if outcome.alert_grouped else ""
     if outcome.retrain:
         line += f" -> retrain: {outcome.retrain_outcome}"
     return line
@@ -200,6 +232,17 @@ def _summary(outcomes: list[BatchOutcome]) -> dict[str, Any]:
         "promotions": sum(bool(o.retrain_outcome and " promoted" in o.retrain_outcome) for o in outcomes),
         "mean_roc_auc_loop": float(np.mean([o.champion_roc_auc for o in scored])) if scored else None,
         "mean_roc_auc_static": float(np.mean([o.static_roc_auc for o in scored])) if scored else None,
+    }
+
+
+def _timing(outcomes: list[BatchOutcome], wall: float) -> dict[str, Any]:
+    """Total seconds per phase over all batches, the replay's wall time and its row throughput."""
+    rows = sum(o.rows or 0 for o in outcomes)
+    return {
+        "wall_seconds": round(wall, 3),
+        "phase_seconds": {p: round(sum(o.seconds.get(p, 0.0) for o in outcomes), 3) for p in PHASES},
+        "rows_accepted": rows,
+        "rows_per_second": round(rows / wall, 1) if wall > 0 else None,
     }
 
 
@@ -244,5 +287,5 @@ def plot_replay(report: dict[str, Any]) -> bytes:
 
 
 def dump(report: dict[str, Any]) -> str:
-    """The report's summary as one JSON line."""
-    return json.dumps(report["summary"])
+    """The report's summary and wall time as one JSON line."""
+    return json.dumps({**report["summary"], "wall_seconds": report["timing"]["wall_seconds"]})

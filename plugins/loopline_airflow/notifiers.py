@@ -10,8 +10,9 @@ from airflow.sdk import BaseNotifier
 class DriftAlertNotifier(BaseNotifier):
     """Deliver one alert document (see ``ml.alerts.build_alert``) to every configured channel.
 
-    The local alert log is always written first, so an unreachable webhook never loses an alert; a delivery
-    failure is logged and re-raised after the other channels have been tried.
+    ``ml.alerts.deliver`` writes the local alert log first, so an unreachable webhook or SMTP server never loses
+    an alert; a delivery failure is re-raised (``AlertNotDelivered``, naming each channel and why) after every
+    channel has been tried, so the task fails visibly. A grouped alert is only logged.
     """
 
     template_fields = ("alert",)
@@ -22,6 +23,7 @@ class DriftAlertNotifier(BaseNotifier):
         self.grouped = grouped
 
     def notify(self, context: Any) -> None:
+        """Log the alert, then send it to the webhook and e-mail configured in ``alerts``."""
         from ml import alerts
         from ml.config import Paths, load_config
 
@@ -30,21 +32,9 @@ class DriftAlertNotifier(BaseNotifier):
         dag_run = context.get("dag_run") if context else None
         if dag_run is not None:
             document["airflow_run"] = f"{dag_run.dag_id}/{dag_run.run_id}"
-        alerts.append_to_log(paths.alert_log, document)
         if self.grouped:
             self.log.info("alert grouped with an earlier one for the same condition: %s", document["title"])
-            return
-        self.log.warning("%s", document["text"])
-        failures = []
-        if config.alerts.webhook_url:
-            try:
-                alerts.send_webhook(config.alerts.webhook_url, document)
-            except Exception as exc:
-                failures.append(f"webhook {config.alerts.webhook_url}: {exc}")
-        if config.alerts.email_to and config.alerts.smtp_host:
-            try:
-                alerts.send_email(config.alerts, document)
-            except Exception as exc:
-                failures.append(f"email via {config.alerts.smtp_host}: {exc}")
-        if failures:
-            raise RuntimeError("alert written to the local log but not delivered to: " + "; ".join(failures))
+        else:
+            self.log.warning("%s", document["text"])
+        delivered = alerts.deliver(config.alerts, paths.alert_log, document)
+        self.log.info("alert delivered to: %s", "; ".join(delivered))
