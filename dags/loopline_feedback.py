@@ -20,9 +20,7 @@ def _schedule() -> str:
     """The schedule from the config (cheap: no heavy import), daily by default."""
     from ml.config import load_config
 
-    serving = getattr(load_config(), "serving", None)
-    labels = getattr(serving, "labels", None)
-    return str(getattr(labels, "schedule", None) or "@daily")
+    return load_config().serving.labels.schedule
 
 
 @dag(

@@ -4,7 +4,10 @@ Scheduled on the ``loopline_lake`` Asset: it runs once per accepted batch (or on
 landed together). ``monitor`` computes per-feature and prediction-score drift against the reference profile
 saved with the champion and writes an HTML and JSON report under $LOOPLINE_HOME/reports/drift. ``alert``
 sends drift alerts through the DriftAlertNotifier (alert log, webhook, email; repeats within the cooldown are
-grouped). ``request_retrain`` emits the ``loopline_retrain_request`` Asset event that schedules loopline_train
+grouped). ``monitor_live`` does the same for the live traffic that ``loopline serve`` captured in each
+batch's time window (feature and prediction drift vs the same reference, realised AUC and calibration once
+labels joined; ``no_traffic`` when nothing was captured); live drift alerts but never retrains.
+``request_retrain`` emits the ``loopline_retrain_request`` Asset event that schedules loopline_train
 when the policy allows (severity, cooldown, pause); otherwise it is skipped and emits nothing.
 """
 
@@ -42,35 +45,37 @@ def loopline_monitor() -> None:
         return [steps.monitor_batch(config, paths, batch) for batch in batches]
 
     @task
-    def alert(results: list[dict], **context) -> list[dict]:  # noqa: ANN003
-        """One alert per drifted batch; the same condition within the cooldown is grouped."""
+    def monitor_live(**context) -> list[dict]:  # noqa: ANN003
+        """Drift and realised performance of the live traffic captured in each batch's window."""
+        from loopline_airflow.runtime import batches_from_events, setup
+        from ml.serve import monitoring
+
+        config, paths = setup()
+        batches = batches_from_events(context, LAKE.name)
+        if not config.serving.monitoring.enabled or not batches:
+            return []
+        found = monitoring.monitor_live(config, paths, batches, context.get("run_after"))
+        for result in found:
+            print(f"{result['batch']}: {result['verdict']}: {result['reason']}")
+        return found
+
+    @task(trigger_rule="all_done")
+    def alert(results: list[dict] | None, live: list[dict] | None, **context) -> list[dict]:  # noqa: ANN003
+        """One alert per drifted batch or live window; the same condition within the cooldown is grouped.
+
+        Runs when either monitor fails too, so a failing live check never holds back a batch's alert.
+        """
         from loopline_airflow.notifiers import DriftAlertNotifier
         from loopline_airflow.runtime import setup
-        from ml import alerts
+        from ml.serve.monitoring import alert_document
 
         config, paths = setup()
         sent = []
-        for result in results:
-            if result["verdict"] != "drift":
+        for result in [*(results or []), *(live or [])]:
+            found = alert_document(config, paths, result, RETRAIN_REQUEST.name)
+            if found is None:
                 continue
-            action = (
-                f"retrain requested (asset {RETRAIN_REQUEST.name} -> loopline_train)"
-                if result["retrain"]
-                else result["reason"]
-            )
-            document = alerts.build_alert(
-                dataset=config.dataset.name,
-                batch=result["batch"],
-                severity=result["severity"],
-                top_features=result["top_features"],
-                score_psi=result["score_psi"],
-                action=action,
-                report=result["report_html"],
-                runbook=config.alerts.runbook_url,
-                model=config.model_name,
-                champion_version=result["champion_version"],
-            )
-            grouped = alerts.is_repeat(paths.alert_log, document, result["recent_batches"])
+            document, grouped = found
             DriftAlertNotifier(document, grouped=grouped).notify(context)
             sent.append({"batch": result["batch"], "severity": result["severity"], "grouped": grouped})
         return sent
@@ -94,7 +99,7 @@ def loopline_monitor() -> None:
         return extra
 
     results = monitor()
-    alert(results)
+    alert(results, monitor_live())
     request_retrain(results)
 
 

@@ -8,6 +8,7 @@ All state lives under ``$LOOPLINE_HOME`` (default ``.loopline/`` in the working 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,12 +28,47 @@ class _Strict(BaseModel):
 
 
 class SourceConfig(_Strict):
-    """Where batches land: a folder of one file per batch (``<batch>.<format>``) or one file batched by time."""
+    """Where batches come from: landed files (a folder of ``<batch>.<format>`` or one file batched by time), or
+    a SQL table or query read one batch window at a time (``format: sql``) with bound parameters only."""
 
-    path: str = Field(
-        description="File or folder, relative to the landing zone (absolute paths must lie in it)."
+    path: str | None = Field(
+        default=None,
+        description="csv/parquet (required): file or folder, relative to the landing zone (absolute paths must "
+        "lie in it); sql: folder under the landing zone for each window's snapshot (default: the dataset name).",
     )
-    format: Literal["csv", "parquet"] = "csv"
+    format: Literal["csv", "parquet", "sql"] = "csv"
+    url: str | None = Field(
+        default=None,
+        description="sql: SQLAlchemy URL of the source database; ${VAR} is read from the environment "
+        "(keep passwords out of the file).",
+    )
+    table: str | None = Field(
+        default=None, description="sql: table (or schema.table) whose dataset.time_column selects the window."
+    )
+    query: str | None = Field(
+        default=None, description="sql, instead of table: SQL text whose inputs are :start and :end only."
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> SourceConfig:
+        if self.format != "sql":
+            if not self.path:
+                raise ValueError(f"dataset.source.path is required for format {self.format}")
+            if self.url or self.table or self.query:
+                raise ValueError("dataset.source.url/table/query belong to format: sql")
+            return self
+        if not self.url:
+            raise ValueError("dataset.source.format is sql: set dataset.source.url (a SQLAlchemy URL)")
+        if (self.table is None) == (self.query is None):
+            raise ValueError("dataset.source.format is sql: set exactly one of dataset.source.table or query")
+        if self.query is not None:
+            missing = [p for p in ("start", "end") if not re.search(rf"(?<![:\w]):{p}\b", self.query)]
+            if missing:
+                raise ValueError(
+                    "dataset.source.query must select its window with the bound parameters :start and :end "
+                    f"(missing: {', '.join(':' + m for m in missing)}); never format values into the SQL"
+                )
+        return self
 
 
 class DatasetConfig(_Strict):
@@ -184,6 +220,102 @@ class AlertsConfig(_Strict):
     runbook_url: str = "docs/runbook.md"
 
 
+class LabelsConfig(_Strict):
+    """Where delayed labels come from and how they join to captured predictions (``serving.labels``)."""
+
+    source: Literal["file", "sql"] = Field(
+        default="file", description="Labels from landed files or a SQL table."
+    )
+    path: str = Field(
+        default="{dataset}_labels/{ds}.csv",
+        description="File pattern under the landing zone; {dataset}, {ds} (window start date) are filled in.",
+    )
+    format: Literal["csv", "parquet"] = "csv"
+    sql_url: str | None = Field(default=None, description="SQLAlchemy URL of the label source (source: sql).")
+    sql_table: str | None = Field(default=None, description="Table with the labels (source: sql).")
+    sql_query: str | None = Field(
+        default=None,
+        description="Instead of sql_table: a query using the bound parameters :start and :end only.",
+    )
+    id_column: str | None = Field(default=None, description="Entity id column; default dataset.id_column.")
+    label_column: str | None = Field(default=None, description="Label column; default dataset.target.")
+    time_column: str = Field(default="label_time", description="When the outcome became known.")
+    join_lookback_days: int = Field(
+        default=30, ge=1, description="The feedback DAG reports the join over predictions of this many days."
+    )
+    schedule: str = Field(default="@daily", description="Schedule of loopline_feedback.")
+
+
+class LiveMonitoringConfig(_Strict):
+    """How loopline_monitor watches the captured live traffic (``serving.monitoring``)."""
+
+    enabled: bool = Field(default=True, description="Monitor live traffic after each lake batch.")
+    window: Literal["batch", "days"] = Field(
+        default="batch",
+        description="batch: the triggering batch's time window (by event time); days: the last window_days "
+        "days up to the run.",
+    )
+    window_days: int = Field(default=7, ge=1, description="window: days: length of the window.")
+
+
+class ServingConfig(_Strict):
+    """``loopline serve``, its prediction store, delayed labels and live monitoring (``serving:``)."""
+
+    host: str = Field(
+        default="127.0.0.1", description="Bind address; anything but loopback needs a TLS proxy."
+    )
+    port: int = Field(default=8600, ge=1, le=65535)
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="uvicorn worker processes; each loads and swaps the champion itself.",
+    )
+    max_batch_size: int = Field(default=1000, ge=1, description="Most records in one POST /predict.")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
+    poll_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often each worker checks where the champion alias points."
+    )
+    token_env: str = Field(
+        default="LOOPLINE_SERVE_TOKEN", description="Environment variable holding the token."
+    )
+    token_file: str | None = Field(
+        default=None,
+        description="File holding the token (wins over token_env); default $LOOPLINE_HOME/serve/token if present.",
+    )
+    public_docs: bool = Field(default=False, description="Serve /docs and /openapi.json without the token.")
+    store_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the prediction store; default SQLite $LOOPLINE_HOME/serve/predictions.db.",
+    )
+    capture: bool = Field(default=True, description="Write every scored record to the prediction store.")
+    capture_queue_size: int = Field(
+        default=10_000, ge=1, description="Requests waiting for the writer, at most."
+    )
+    capture_batch_rows: int = Field(default=2_000, ge=1, description="Rows per INSERT transaction, at most.")
+    capture_flush_interval_seconds: float = Field(
+        default=0.2,
+        gt=0,
+        le=60,
+        description="A record waits at most this long before its INSERT; the crash-loss bound.",
+    )
+    capture_full_policy: Literal["block", "shed"] = Field(
+        default="block",
+        description="Queue full: block (wait, then 503: every 200 is captured) or shed (answer, count the drop).",
+    )
+    capture_block_timeout_seconds: float = Field(
+        default=2.0, ge=0, description="block: how long a request waits for queue space before its 503."
+    )
+    shutdown_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="On SIGTERM: time to finish requests and flush; leftovers are spilled to a file.",
+    )
+    access_log: bool = Field(default=False, description="uvicorn access log (costs throughput).")
+    labels: LabelsConfig = LabelsConfig()
+    monitoring: LiveMonitoringConfig = LiveMonitoringConfig()
+
+
 class RegistryConfig(_Strict):
     """MLflow: where runs and models go. Tracking URI defaults to SQLite under LOOPLINE_HOME."""
 
@@ -229,6 +361,11 @@ class EngineConfig(_Strict):
     batch_rows: int = Field(
         default=250_000, ge=1000, description="Local engine: rows per record batch when streaming."
     )
+    out_of_core: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="Local engine: auto streams past memory_budget_mb; always/never force the choice "
+        "(always: check the streaming path on small data; never: trust the worker's memory).",
+    )
     spark: SparkConfig = SparkConfig()
 
 
@@ -243,6 +380,7 @@ class LooplineConfig(_Strict):
     drift: DriftConfig = DriftConfig()
     alerts: AlertsConfig = AlertsConfig()
     registry: RegistryConfig = RegistryConfig()
+    serving: ServingConfig = ServingConfig()
     engine: EngineConfig = EngineConfig()
     config_path: Path | None = Field(default=None, exclude=True)
 
@@ -252,6 +390,11 @@ class LooplineConfig(_Strict):
             raise ValueError(
                 f"batching.by is {self.batching.by!r} but dataset.time_column is not set: "
                 "set dataset.time_column or use batching.by: rows"
+            )
+        if self.dataset.source.format == "sql" and self.batching.by == "rows":
+            raise ValueError(
+                "dataset.source.format is sql, which reads one time window per batch: "
+                "use batching.by month, week or day"
             )
         return self
 

@@ -3,23 +3,34 @@
 Everything goes through Airflow's REST API: the demo triggers ``loopline_ingest`` once per month (as an
 upstream system would) and ``loopline_train`` once for the first champion (as an ML engineer would); every
 other run (monitor, score, drift-triggered training) is created by the scheduler from Asset events.
+
+Beside Airflow the demo runs ``loopline serve`` on the champion: once the first champion exists, a share of
+each month's applications goes through ``POST /predict`` before the month's batch is ingested, so
+loopline_monitor also checks that month's captured live traffic; the outcomes of a month's live loans are
+loaded into the prediction store a month later (delayed labels), and a promotion is announced to the service
+(``/admin/reload``) so the next month is answered by the new champion.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from ml import demo_data
 from ml.airflow_client import AirflowClient
 from ml.config import LooplineConfig, Paths
 from ml.lake import atomic_write_json
-from ml.stack import Endpoints, Stack, free_port, start_airflow
+from ml.stack import Endpoints, Stack, free_port, start_airflow, wait_healthy
 
 DAG_IDS = ["loopline_ingest", "loopline_monitor", "loopline_score", "loopline_train"]
 _STATE_FOLDERS = (
@@ -33,7 +44,9 @@ _STATE_FOLDERS = (
     "demo",
     "logs",
     "run",
+    "serve",
 )
+SERVE = "loopline-serve"
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,8 @@ class DemoOptions:
     incident_month: int = 5
     bootstrap_months: int = 3
     port: int = 28080
+    serve_port: int = 28600
+    live_share: float = 0.25
     seed: int = 7
     keep_running: bool = False
 
@@ -111,13 +126,17 @@ def run_demo(
     try:
         if starter is not None:
             registry.connect(config, paths)  # the tracking server is up now
+        live = LiveTraffic.start(stack, config, paths, options)
+        progress(f"loopline serve started at {live.url} (answers once a champion exists)")
         client = AirflowClient(endpoints.airflow_url, endpoints.username, endpoints.password)
         client.wait_for_dags(DAG_IDS)
         for dag_id in DAG_IDS:
             client.unpause(dag_id)
         progress(f"DAGs parsed and unpaused: {', '.join(DAG_IDS)}")
-        timeline = _drive(client, config, scenario, options, progress)
+        timeline = _drive(client, config, scenario, options, progress, live)
         summary = build_summary(client, config, paths, scenario, timeline)
+        summary["live_traffic"] = live_summary(config, paths, timeline)
+        summary["serving_url"] = live.url
         summary["airflow_url"] = endpoints.airflow_url
     finally:
         if not options.keep_running:
@@ -140,21 +159,135 @@ def _follow(
     return client.wait_run(dag_id, run["dag_run_id"], timeout)
 
 
+class LiveTraffic:
+    """The demo's ``loopline serve``: sends a share of each month's applications, loads their labels later."""
+
+    def __init__(
+        self, stack: Stack, config: LooplineConfig, paths: Paths, url: str, token: str, share: float
+    ) -> None:
+        self.stack, self.config, self.paths = stack, config, paths
+        self.url, self.token, self.share = url, token, share
+        self.sent: dict[str, pd.DataFrame] = {}
+
+    @classmethod
+    def start(cls, stack: Stack, config: LooplineConfig, paths: Paths, options: DemoOptions) -> LiveTraffic:
+        """Start ``python -m ml.serve`` under this home (stopped with the rest of the stack)."""
+        port = free_port(options.serve_port)
+        token = secrets.token_urlsafe(32)
+        env = {
+            **os.environ,
+            "LOOPLINE_HOME": str(paths.home),
+            "LOOPLINE_CONFIG": str(config.config_path),
+            "LOOPLINE_SERVE_TOKEN": token,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+        }
+        command = [sys.executable, "-m", "ml.serve", "--port", str(port), "--poll-interval", "2"]
+        stack.start(SERVE, command, env)
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(f"{url}/health", "loopline serve", stack, 120, watch=[SERVE])
+        return cls(stack, config, paths, url, token, options.live_share)
+
+    def ready(self, timeout: float = 30.0) -> str | None:
+        """The version served once ``/ready`` answers 200 (None if no champion was loaded in time)."""
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            answer = requests.get(f"{self.url}/ready", headers=self._headers, timeout=10)
+            if answer.status_code == 200:
+                return str(answer.json()["model_version"])
+            time.sleep(0.5)
+        return None
+
+    @property
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def send(self, batch: str) -> dict[str, Any]:
+        """POST every ``1/share``-th landed application of ``batch`` (without its outcome), 100 per request."""
+        import requests
+
+        from ml.ingest import landing_path
+
+        dataset = self.config.dataset
+        file = landing_path(self.config, self.paths, batch, extract=False)
+        frame = pd.read_csv(file, on_bad_lines="skip")
+        frame[dataset.time_column] = pd.to_datetime(frame[dataset.time_column], errors="coerce")
+        target = dataset.target
+        picked = frame.iloc[:: max(1, round(1 / self.share))]
+        records = json.loads(picked.drop(columns=[target]).to_json(orient="records", date_format="iso"))
+        versions: dict[str, int] = {}
+        answered = []
+        with requests.Session() as session:
+            for start in range(0, len(records), 100):
+                chunk = records[start : start + 100]
+                answer = session.post(f"{self.url}/predict", json=chunk, headers=self._headers, timeout=30)
+                if answer.status_code != 200:
+                    continue
+                version = str(answer.json()["model_version"])
+                versions[version] = versions.get(version, 0) + len(chunk)
+                answered.append(picked.iloc[start : start + 100])
+        if answered:
+            self.sent[batch] = pd.concat(answered)
+        rejected = len(records) - sum(versions.values())
+        return {"sent": len(records), "rejected": rejected, "versions": versions}
+
+    def load_labels(self, batch: str, known_at: pd.Timestamp) -> dict[str, Any] | None:
+        """The outcomes of ``batch``'s live applications, known at ``known_at`` (a month later)."""
+        from ml.serve import labels
+        from ml.serve.settings import settings_for, store_url_of
+
+        picked = self.sent.get(batch)
+        if picked is None:
+            return None
+        dataset = self.config.dataset
+        outcomes = picked[[dataset.id_column, dataset.target]].assign(label_time=known_at.isoformat())
+        store = store_url_of(settings_for(self.config), self.paths)
+        return labels.load_frame(self.config, store, outcomes, source=f"demo outcomes of {batch}")
+
+    def reload(self) -> None:
+        """Tell the service the champion moved (it polls anyway)."""
+        from ml.serve.notify import notify_reload
+
+        notify_reload(self.url, self.token)
+
+
 def _drive(
     client: AirflowClient,
     config: LooplineConfig,
     scenario: demo_data.Scenario,
     options: DemoOptions,
     progress: Progress,
+    live: LiveTraffic,
 ) -> list[dict[str, Any]]:
+    from ml.batches import window_of
+
     timeline: list[dict[str, Any]] = []
     for month in range(1, scenario.months + 1):
         batch = scenario.batch_key(month)
         known = {dag_id: _known(client, dag_id) for dag_id in DAG_IDS}
+        entry: dict[str, Any] = {"month": month, "batch": batch}
+        if month > options.bootstrap_months and live.ready() is not None:
+            entry["live"] = live.send(batch)
+            served = ", ".join(f"v{v}: {n}" for v, n in entry["live"]["versions"].items()) or "none"
+            rejected = entry["live"]["rejected"]
+            progress(
+                f"{batch}: {entry['live']['sent']} live applications sent to loopline serve (answered by {served})"
+                + (f"; {rejected} refused with 422 (malformed)" if rejected else "")
+            )
+        previous = scenario.batch_key(month - 1) if month > 1 else None
+        if previous is not None:
+            loaded = live.load_labels(previous, pd.Timestamp(window_of(batch, config.batching)[0], tz="UTC"))
+            if loaded:
+                entry["labels_loaded"] = {"batch": previous, "matched": loaded["matched"]}
+                progress(
+                    f"{batch}: outcomes of {previous}'s live loans arrive: {loaded['matched']} labels joined"
+                )
+        time.sleep(config.serving.capture_flush_interval_seconds * 2)  # the captures are committed
         run_id = client.trigger("loopline_ingest", {"batch": batch})
         ingest = client.wait_run("loopline_ingest", run_id)
-        entry: dict[str, Any] = {"month": month, "batch": batch, "ingest": ingest["state"]}
-        if ingest["state"] != "success":
+        entry["ingest"] = ingest["state"]
+        if entry["ingest"] != "success":
             progress(
                 f"{batch}: ingest FAILED the data-quality gate -> quarantined; lake and champion untouched"
             )
@@ -168,6 +301,12 @@ def _drive(
         entry["monitor"] = {
             k: result.get(k) for k in ("verdict", "severity", "top_features", "reason", "retrain")
         }
+        watched = client.xcom("loopline_monitor", monitor["dag_run_id"], "monitor_live") if monitor else None
+        if watched:
+            entry["live_monitor"] = {
+                k: watched[-1].get(k)
+                for k in ("batch", "verdict", "severity", "rows", "top_features", "reason")
+            }
         line = f"{batch}: ingested; monitor: {result.get('verdict', 'n/a')}"
         if result.get("verdict") == "drift":
             top = ", ".join(f"{f['column']} {f['psi']:.2f}" for f in result.get("top_features", [])[:3])
@@ -175,6 +314,19 @@ def _drive(
         progress(
             line + (f"; {result.get('reason')}" if result.get("verdict") not in (None, "no_drift") else "")
         )
+        if "live_monitor" in entry:
+            watched_live = entry["live_monitor"]
+            top = ", ".join(
+                f"{f['column']} {f['psi']:.2f}" for f in (watched_live.get("top_features") or [])[:3]
+            )
+            progress(
+                f"{batch}: live traffic monitor: {watched_live['verdict']}"
+                + (
+                    f" ({watched_live['severity']}: {top}) -> alert sent"
+                    if watched_live["verdict"] == "drift"
+                    else ""
+                )
+            )
         if month == options.bootstrap_months:
             run_id = client.trigger("loopline_train", {})
             progress(f"{batch}: ML engineer triggers loopline_train for the first champion")
@@ -186,8 +338,42 @@ def _drive(
             else:
                 progress(f"{batch}: loopline_train run created by the retrain-request Asset event")
                 entry["train"] = _train_outcome(client, train, progress)
+        if (entry.get("train") or {}).get("promoted"):
+            live.reload()
         timeline.append(entry)
     return timeline
+
+
+def live_summary(
+    config: LooplineConfig, paths: Paths, timeline: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Per month with live traffic: records answered per version, the live monitor's verdict and the realised
+    AUC and calibration of the captured predictions whose labels have joined."""
+    from ml.batches import window_of
+    from ml.serve import labels
+
+    rows = []
+    for entry in timeline:
+        if "live" not in entry:
+            continue
+        start, end = window_of(entry["batch"], config.batching)
+        joined = labels.join_report(config, paths, start, end, save=False)
+        metrics = joined.get("metrics") or {}
+        watched = entry.get("live_monitor") or {}
+        rows.append(
+            {
+                "batch": entry["batch"],
+                "sent": entry["live"]["sent"],
+                "served_by": entry["live"]["versions"],
+                "live_verdict": watched.get("verdict"),
+                "live_severity": watched.get("severity"),
+                "live_top_features": [f["column"] for f in watched.get("top_features") or []][:4],
+                "labelled": joined["labelled_entities"],
+                "realised_roc_auc": metrics.get("roc_auc"),
+                "calibration_gap": metrics.get("calibration_gap"),
+            }
+        )
+    return rows
 
 
 def _train_outcome(client: AirflowClient, run: dict[str, Any], progress: Progress) -> dict[str, Any]:
@@ -313,6 +499,17 @@ def print_summary(summary: dict[str, Any], paths: Paths, echo: Callable[[str], N
         grouped = " (grouped)" if alert["grouped"] else ""
         features = ", ".join(alert["features"][:4])
         echo(f"    {alert['batch']} {alert['severity']}{grouped}: {features} -> {alert['action']}")
+    echo("  live traffic through loopline serve (share of each month; labels joined a month later):")
+    for row in summary.get("live_traffic", []):
+        served = ", ".join(f"v{v}: {n}" for v, n in row["served_by"].items()) or "none"
+        auc = row["realised_roc_auc"]
+        drift = row["live_verdict"] or "n/a"
+        if row["live_top_features"]:
+            drift += f" ({row['live_severity']}: {', '.join(row['live_top_features'])})"
+        echo(
+            f"    {row['batch']}  {row['sent']} sent, served by {served}; live drift: {drift}; "
+            f"realised AUC {'-' if auc is None else f'{auc:.3f}'} on {row['labelled']} labelled"
+        )
     echo("  champion ROC AUC per batch (at arrival -> final champion):")
     for row in summary["champion_metrics"]:
         echo(

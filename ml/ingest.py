@@ -2,12 +2,22 @@
 
 Every problem with the data raises ``BatchRejected`` with a message that names the file, the column, the rows
 and the fix; the caller quarantines the batch. Nothing here writes to the lake.
+
+A SQL source (``dataset.source.format: sql``) is landed one batch window at a time: ``landing_path`` reads the
+rows whose time column lies in the window from the table or query, with the window's bounds as bound
+parameters (never formatted into the SQL), and writes them as ``<batch>.parquet`` under the landing zone; the
+rest of ingestion (schema, dedup, gate, quarantine of that snapshot) is the same as for a landed file.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
@@ -18,7 +28,11 @@ from ml.batches import check_key, row_range_of, window_of
 from ml.config import LooplineConfig, Paths
 from ml.features import resolve_features
 
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
 _MAX_EXAMPLES = 5
+_EVERYTHING = (datetime(1900, 1, 1), datetime(2200, 1, 1))
 
 
 class BatchRejected(ValueError):
@@ -42,27 +56,180 @@ class CleanBatch:
     warnings: list[str] = field(default_factory=list)
 
 
-def landing_path(config: LooplineConfig, paths: Paths, batch: str) -> Path:
-    """The landed file that holds ``batch``; refuses a malformed batch key and any path outside the landing zone."""
+def landing_path(config: LooplineConfig, paths: Paths, batch: str, *, extract: bool = True) -> Path:
+    """The landed file that holds ``batch``; refuses a malformed batch key and any path outside the landing zone.
+
+    For a SQL source it is the window's snapshot ``<batch>.parquet``, read from the database first unless
+    ``extract`` is False (a window without rows raises FileNotFoundError, like a batch file not yet landed).
+    """
     check_key(batch, config.batching)
     landing = paths.landing.resolve()
-    base = (landing / config.dataset.source.path).resolve()
+    source = config.dataset.source
+    base = (landing / (source.path or config.dataset.name)).resolve()
     if not base.is_relative_to(landing):
         raise BatchRejected(
             base, [f"dataset.source.path resolves outside the landing zone {landing}: move the data into it"]
         )
+    if source.format == "sql":
+        snapshot = base / f"{batch}.parquet"
+        if extract:
+            extract_sql_batch(config, snapshot, batch)
+        return snapshot
     if base.is_dir() or not base.suffix:
-        candidate = (base / f"{batch}.{config.dataset.source.format}").resolve()
+        candidate = (base / f"{batch}.{source.format}").resolve()
         if not candidate.is_relative_to(landing):
             raise BatchRejected(candidate, [f"batch file resolves outside the landing zone {landing}"])
         return candidate
     return base
 
 
+class SqlSourceError(ValueError):
+    """A SQL source that cannot be read as configured; the message names the source and the fix."""
+
+
+def expand_url(url: str) -> str:
+    """``${VAR}`` in a SQLAlchemy URL replaced from the environment; an unset variable is an error."""
+    missing = [name for name in re.findall(r"\$\{(\w+)\}", url) if name not in os.environ]
+    if missing:
+        raise SqlSourceError(f"the SQL URL names unset environment variable(s) {', '.join(missing)}")
+    return re.sub(r"\$\{(\w+)\}", lambda m: os.environ[m.group(1)], url)
+
+
+def normalise_url(url: str) -> str:
+    """``postgresql://`` means psycopg2 unless psycopg 3 is installed (SQLAlchemy 2.1 defaults to psycopg 3)."""
+    import importlib.util
+
+    from sqlalchemy import make_url
+
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None:
+        return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return url
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password hidden, for logs and messages."""
+    from sqlalchemy import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def read_sql_window(
+    engine: Engine,
+    start: datetime,
+    end: datetime,
+    *,
+    table: str | None = None,
+    query: str | None = None,
+    time_column: str | None = None,
+    columns: list[str] | None = None,
+    limit: int | None = None,
+) -> pd.DataFrame:
+    """The rows with ``start <= time < end`` of a table or a query, at most ``limit`` of them.
+
+    ``table`` (``name`` or ``schema.name``) is reflected, its ``time_column`` selects the window and only
+    ``columns`` (default all) are read; ``query`` is SQL text whose only inputs are ``:start`` and ``:end``.
+    Both bounds are always bound parameters, never part of the SQL text. Aware bounds are compared as UTC;
+    they are passed naive to a ``timestamp without time zone`` column and to SQLite.
+    """
+    from sqlalchemy import MetaData, Table, bindparam, select, text
+    from sqlalchemy.exc import ArgumentError, NoSuchTableError
+
+    if (table is None) == (query is None):
+        raise SqlSourceError("give exactly one of a table or a query as the SQL source")
+    with engine.connect() as connection:
+        if table is not None:
+            schema, _, name = table.rpartition(".")
+            try:
+                reflected = Table(name, MetaData(), schema=schema or None, autoload_with=connection)
+            except NoSuchTableError:
+                raise SqlSourceError(f"no table {table} in {redact_url(str(engine.url))}") from None
+            wanted = [time_column or "", *(columns or [])]
+            missing = [c for c in wanted if c not in reflected.c]
+            if missing:
+                raise SqlSourceError(f"table {table} has no column(s) {', '.join(map(repr, missing))}")
+            moment = reflected.c[time_column]
+            picked = [reflected.c[c] for c in columns] if columns else [reflected]
+            statement: Any = (
+                select(*picked)
+                .where(moment >= bindparam("start"), moment < bindparam("end"))
+                .order_by(moment)
+            )
+            aware = bool(getattr(moment.type, "timezone", False)) and connection.dialect.name != "sqlite"
+        else:
+            try:
+                statement = text(query or "").bindparams(bindparam("start"), bindparam("end"))
+            except ArgumentError as exc:
+                raise SqlSourceError(
+                    f"the query must use :start and :end as bound parameters ({exc})"
+                ) from None
+            aware = connection.dialect.name != "sqlite"
+        bounds = {name: _bound(moment_of, aware) for name, moment_of in (("start", start), ("end", end))}
+        result = connection.execution_options(stream_results=True).execute(statement, bounds)
+        rows = result.fetchmany(limit) if limit is not None else result.fetchall()
+        frame = pd.DataFrame([tuple(row) for row in rows], columns=list(result.keys()))
+        result.close()
+    for column in frame.columns:
+        present = frame[column].dropna()
+        if len(present) and isinstance(present.iloc[0], Decimal):
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+    return frame
+
+
+def _bound(moment: datetime, aware: bool) -> datetime:
+    stamp = pd.Timestamp(moment)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return stamp.to_pydatetime() if aware else stamp.tz_localize(None).to_pydatetime()
+
+
+def sql_engine(url: str) -> Engine:
+    """An engine for a SQL source (``${VAR}`` expanded, ``postgresql://`` mapped to an installed driver)."""
+    from sqlalchemy import create_engine
+
+    return create_engine(normalise_url(expand_url(url)), pool_pre_ping=True)
+
+
+def extract_sql_batch(config: LooplineConfig, target: Path, batch: str) -> Path:
+    """Read ``batch``'s time window from the SQL source into the Parquet snapshot ``target`` (replaced).
+
+    At most ``dataset.max_batch_rows + 1`` rows are read, so an oversized window is refused by ``read_source``
+    without exhausting memory. An empty window raises FileNotFoundError and writes nothing.
+    """
+    source = config.dataset.source
+    assert source.url is not None and config.dataset.time_column is not None
+    start, end = window_of(batch, config.batching)
+    engine = sql_engine(source.url)
+    origin = f"{redact_url(str(engine.url))} {source.table or 'query'}"
+    try:
+        frame = read_sql_window(
+            engine,
+            start.to_pydatetime(),
+            end.to_pydatetime(),
+            table=source.table,
+            query=source.query,
+            time_column=config.dataset.time_column,
+            limit=config.dataset.max_batch_rows + 1,
+        )
+    finally:
+        engine.dispose()
+    if frame.empty:
+        raise FileNotFoundError(
+            f"{origin}: no rows with {config.dataset.time_column} in [{start:%Y-%m-%d}, {end:%Y-%m-%d}) "
+            f"(has batch {batch} landed in the source yet?)"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), partial)
+    os.replace(partial, target)
+    return target
+
+
 def discover_batches(config: LooplineConfig, paths: Paths) -> list[str]:
     """Every batch key present in the landing zone, oldest first."""
     from ml.batches import batch_key_for
 
+    if config.dataset.source.format == "sql":
+        return _sql_batches(config)
     probe = {"month": "1970-01", "week": "1970-W01", "day": "1970-01-01", "rows": "000000"}[
         config.batching.by
     ]
@@ -79,8 +246,33 @@ def discover_batches(config: LooplineConfig, paths: Paths) -> list[str]:
     return sorted({batch_key_for(moment, config.batching) for moment in times.dt.tz_localize(None)})
 
 
+def _sql_batches(config: LooplineConfig) -> list[str]:
+    """The batch keys of every row of a SQL source (only the time column of a table is read)."""
+    from ml.batches import batch_key_for
+
+    source, time_column = config.dataset.source, config.dataset.time_column
+    assert source.url is not None and time_column is not None
+    engine = sql_engine(source.url)
+    try:
+        frame = read_sql_window(
+            engine,
+            *_EVERYTHING,
+            table=source.table,
+            query=source.query,
+            time_column=time_column,
+            columns=[time_column] if source.table else None,
+        )
+    finally:
+        engine.dispose()
+    if frame.empty:
+        return []
+    times = pd.to_datetime(frame[time_column], errors="coerce", utc=True).dropna()
+    return sorted({batch_key_for(moment, config.batching) for moment in times.dt.tz_localize(None)})
+
+
 def read_source(path: Path, file_format: str, max_rows: int | None = None) -> pd.DataFrame:
-    """Read a landed CSV or Parquet file; unreadable files raise BatchRejected saying why.
+    """Read a landed CSV or Parquet file (a SQL source's window snapshot is Parquet); unreadable files raise
+    BatchRejected saying why.
 
     With ``max_rows`` (``dataset.max_batch_rows`` for a one-batch file), a larger file is refused after reading
     at most ``max_rows + 1`` rows (CSV) or only its footer (Parquet), so a runaway export cannot exhaust memory.
@@ -285,7 +477,10 @@ def _parse_target(values: pd.Series, column: str, positive: object) -> tuple[pd.
     text: list[str | None] = [None if pd.isna(v) else str(v) for v in values.astype("object").tolist()]
     classes = sorted({v for v in text if v is not None})
     if len(classes) > 2:
-        return values, f"column {column}: {len(classes)} classes {classes[:10]} found; a binary target has two"
+        return (
+            values,
+            f"column {column}: {len(classes)} classes {classes[:10]} found; a binary target has two",
+        )
     if str(positive) not in classes and classes:
         # A numeric positive class may be written as 1.0 by some exporters.
         normalised = {c: c.removesuffix(".0") for c in classes}

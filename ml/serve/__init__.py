@@ -2,7 +2,8 @@
 
 Modules: ``server`` (run), ``app`` (the FastAPI app), ``schema`` (request validation and encoding),
 ``holder`` (the champion and its hot swap), ``capture`` (queue and writer), ``store`` (SQLAlchemy models and
-Alembic migrations), ``metrics``, ``auth``, ``labels`` (delayed labels), ``monitoring`` (live-traffic frames).
+Alembic migrations), ``metrics``, ``auth``, ``labels`` (delayed labels), ``monitoring`` (live-traffic frames
+and their drift, realised performance and alerts), ``settings`` (the config's ``serving:`` section).
 Importing this package is cheap: FastAPI, uvicorn, MLflow and XGBoost load only when used.
 """
 

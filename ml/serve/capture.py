@@ -87,7 +87,25 @@ _SQLITE_INSERT = (
     f"INSERT INTO {Prediction.__tablename__} ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
     "ON CONFLICT (request_id, record_index) DO NOTHING"
 )
-_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's SQLite DATETIME storage format (UTC here)
+
+
+def _json_encoder() -> Any:
+    """Compact JSON text of a record: msgspec's encoder (~5x faster than ``json.dumps``) when installed."""
+    try:
+        import msgspec
+    except ImportError:  # pragma: no cover - msgspec comes with Airflow
+        return json.JSONEncoder(separators=(",", ":")).encode
+    encode = msgspec.json.Encoder().encode
+    return lambda value: encode(value).decode()
+
+
+_to_json = _json_encoder()
+
+
+def _sqlite_time(moment: datetime) -> str:
+    """SQLAlchemy's SQLite DATETIME storage text (``%Y-%m-%d %H:%M:%S.%f``, UTC); isoformat is faster than
+    strftime and always writes the microseconds, so the text compares like the time."""
+    return moment.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _sqlite_tuples(item: CaptureItem, dataset: str) -> list[tuple[Any, ...]]:
@@ -96,15 +114,15 @@ def _sqlite_tuples(item: CaptureItem, dataset: str) -> list[tuple[Any, ...]]:
     SQLAlchemy's per-row parameter processing costs ~2/3 of a captured row's CPU on SQLite; the statement
     text is built from the model's own table and column names (no input in it), the values are bound.
     """
-    requested = item.requested_at.strftime(_SQLITE_TIME)
-    dumps = json.dumps
+    requested = _sqlite_time(item.requested_at)
+    dumps = _to_json
     return [
         (
             item.request_id,
             index,
             dataset,
             item.entity_ids[index],
-            requested if item.event_times[index] is None else item.event_times[index].strftime(_SQLITE_TIME),
+            requested if item.event_times[index] is None else _sqlite_time(item.event_times[index]),
             requested,
             dumps(features),
             item.scores[index],

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine, MetaData, Table, bindparam, select, text
+from sqlalchemy import Engine, select
 
 from ml.config import LooplineConfig, Paths
+from ml.ingest import SqlSourceError, read_sql_window, sql_engine
 from ml.serve.monitoring import as_utc, captured, realised_metrics
 from ml.serve.settings import LabelsSettings, ServeSettings, default_store_url, settings_for
 from ml.serve.store import FeedbackWindow, Label, Prediction, engine_for, migrate, now, redact
@@ -106,38 +107,13 @@ def load_sql(
     settings = settings or settings_for(config)
     labels = settings.labels
     start_at, end_at = as_utc(start), as_utc(end)
-    if (table is None) == (query is None):
-        raise LabelSourceError("give exactly one of a table or a query as the SQL label source")
-    source = engine_for(source_url)
+    source = sql_engine(source_url)
     try:
-        with source.connect() as connection:
-            if table is not None:
-                schema, _, name = table.rpartition(".")
-                reflected = Table(name, MetaData(), schema=schema or None, autoload_with=connection)
-                id_column, label_column, time_column = _columns(config, labels, list(reflected.c.keys()))
-                if time_column is None:
-                    raise LabelSourceError(
-                        f"table {table} has no column {labels.time_column!r} to select a window by "
-                        "(set serving.labels.time_column)"
-                    )
-                missing = [c for c in (id_column, label_column) if c not in reflected.c]
-                if missing:
-                    raise LabelSourceError(f"table {table} lacks column(s) {', '.join(missing)}")
-                statement = select(
-                    reflected.c[id_column], reflected.c[label_column], reflected.c[time_column]
-                ).where(
-                    reflected.c[time_column] >= bindparam("start"),
-                    reflected.c[time_column] < bindparam("end"),
-                )
-            else:
-                statement = text(query or "").bindparams(bindparam("start"), bindparam("end"))
-            naive = connection.dialect.name == "sqlite"
-            bounds = {
-                "start": start_at.replace(tzinfo=None) if naive else start_at,
-                "end": end_at.replace(tzinfo=None) if naive else end_at,
-            }
-            result = connection.execute(statement, bounds)
-            frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+        frame = read_sql_window(
+            source, start_at, end_at, table=table, query=query, time_column=labels.time_column
+        )
+    except SqlSourceError as exc:
+        raise LabelSourceError(f"label source {redact(source_url)}: {exc}") from None
     finally:
         source.dispose()
     origin = f"{redact(source_url)} {table or 'query'} [{start_at.isoformat()}, {end_at.isoformat()})"

@@ -5,6 +5,13 @@
 rows whose label has arrived, what ``ml.evaluate.classification_metrics`` takes (``frame["label"]``,
 ``frame["score"]``). Windows are by event time (the record's time column when the client sent it, else the
 time of the request), half-open: ``start <= event_time < end``. Every query uses bound parameters.
+
+``monitor_live_window`` is what loopline_monitor runs for live traffic: the drift of the captured requests
+and their served scores against the champion's reference profile (``ml.drift.compare``, the lake batches'
+thresholds), the realised AUC and calibration once labels have joined, an HTML and JSON report under
+``$LOOPLINE_HOME/reports/drift/<dataset>/live/`` and a run in ``<experiment>/monitoring``. A window without
+captured requests gives the verdict ``no_traffic`` and touches nothing. ``alert_document`` turns a monitor
+result (lake batch or live window) into the alert the notifier delivers.
 """
 
 from __future__ import annotations
@@ -14,10 +21,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, and_, select
+from sqlalchemy import Engine, and_, inspect, select
 
 from ml.config import LooplineConfig, Paths
-from ml.serve.settings import default_store_url
+from ml.serve.settings import default_store_url, settings_for
 from ml.serve.store import Label, Prediction, engine_for, migrate, utc
 
 
@@ -93,9 +100,10 @@ def live_window(
     <NA> until the label arrives) and ``label_time``.
     """
     url = store_url or default_store_url(paths)
-    migrate(url)  # an empty window (not an error) before the service has captured anything
     engine = engine_for(url)
     try:
+        if not inspect(engine).has_table(Prediction.__tablename__):
+            migrate(url)  # an empty window (not an error) before the service has captured anything
         raw = captured(engine, config.dataset.name, as_utc(start), as_utc(end), labels=with_labels)
     finally:
         engine.dispose()
@@ -157,3 +165,220 @@ def realised_metrics(frame: pd.DataFrame, threshold: float, bins: int = 10) -> d
             ece += mask.mean() * abs(scores[mask].mean() - y[mask].mean())
     out["ece"] = float(ece)
     return out
+
+
+LIVE_PREFIX = "live-"
+
+
+def live_windows(
+    config: LooplineConfig, batches: list[str], until: datetime | str | None = None
+) -> list[tuple[str, datetime, datetime]]:
+    """The live windows to monitor: (name, start, end) per batch (``serving.monitoring.window: batch``) or
+    the last ``window_days`` days up to ``until`` (``days``, also when batches have no time window)."""
+    from ml.batches import window_of
+
+    settings = config.serving.monitoring
+    if settings.window == "batch" and config.batching.by != "rows":
+        return [
+            (f"{LIVE_PREFIX}{batch}", as_utc(start), as_utc(end))
+            for batch in batches
+            for start, end in [window_of(batch, config.batching)]
+        ]
+    end = as_utc(until if until is not None else pd.Timestamp.now(tz="UTC"))
+    start = end - pd.Timedelta(days=settings.window_days).to_pytimedelta()
+    return [(f"{LIVE_PREFIX}{start:%Y%m%d}-{end:%Y%m%d}", start, end)]
+
+
+def monitor_live_window(
+    config: LooplineConfig,
+    paths: Paths,
+    name: str,
+    start: datetime | str,
+    end: datetime | str,
+    *,
+    store_url: str | None = None,
+    recent_windows: list[str] | None = None,
+) -> dict[str, Any]:
+    """Drift and realised performance of the live traffic captured in ``[start, end)``.
+
+    The result has the keys of ``ml.steps.monitor_batch``'s (``batch`` is the window's name) plus ``source``
+    (``live``), ``window_start``/``window_end``, ``served_versions`` and ``scores`` (``served``: the scores
+    the service answered, all by the champion; ``rescored``: other versions served part of the window, so the
+    champion scored the captured features again). Live traffic alerts but never requests a retrain.
+    """
+    from ml import drift, performance, registry, reports
+
+    start_at, end_at = as_utc(start), as_utc(end)
+    url = store_url or settings_for(config).store_url or default_store_url(paths)
+    base: dict[str, Any] = {
+        "batch": name,
+        "source": "live",
+        "window_start": start_at.isoformat(),
+        "window_end": end_at.isoformat(),
+        "retrain": False,
+        "recent_batches": list(recent_windows or []),
+    }
+    frame = live_window(config, paths, url, start_at, end_at)
+    if frame.empty:
+        reason = f"no live traffic in window [{start_at:%Y-%m-%d %H:%M}, {end_at:%Y-%m-%d %H:%M}) UTC"
+        return {**base, "verdict": "no_traffic", "rows": 0, "reason": reason}
+    registry.connect(config, paths)
+    current = registry.champion(config)
+    if current is None:
+        reason = "no champion yet: nothing to compare live traffic against"
+        return {**base, "verdict": "no_champion", "rows": len(frame), "reason": reason}
+    served = sorted({str(v) for v in frame["model_version"]})
+    if served == [current.version]:
+        scores, how = frame["score"].to_numpy(dtype="float64"), "served"
+    else:
+        scores, how = registry.predict(registry.load_model(current), frame), "rescored"
+    profile = registry.load_profile(current)
+    result = drift.compare(profile, frame, scores, name, config.drift)
+    latest = frame[frame["label"].notna()]
+    latest = latest.drop_duplicates(config.dataset.id_column, keep="last")
+    realised = (
+        performance.realised_performance(latest["label"].astype(int).to_numpy(), latest["score"].to_numpy())
+        if len(latest)
+        else None
+    )
+    reference_auc = (profile.get("performance") or {}).get("roc_auc")
+    reason = (
+        f"live traffic {result.verdict}: alert only (retraining follows the lake batches)"
+        if result.verdict == "drift"
+        else f"live traffic {result.verdict}"
+    )
+    top = [
+        {"column": f.column, "psi": round(f.psi, 4), "severity": f.severity, "p_value": f.p_value_adjusted}
+        for f in result.top()
+    ]
+    context = {
+        "dataset": config.dataset.name,
+        "model": config.model_name,
+        "champion_version": current.version,
+        "source": "live traffic captured by loopline serve",
+        "window": f"[{start_at.isoformat()}, {end_at.isoformat()})",
+        "served_versions": ", ".join(served),
+        "scores": how,
+        "policy": reason,
+        "labelled_rows": len(latest),
+        "realised_roc_auc": (realised or {}).get("roc_auc"),
+        "reference_roc_auc": reference_auc,
+    }
+    json_path, html_path = reports.write_drift_report(
+        paths.reports / "drift" / config.dataset.name / "live", result, context
+    )
+    metrics = {
+        "drift_share": result.drift_share,
+        "rows": float(result.rows),
+        "labelled_rows": float(len(latest)),
+    }
+    for key in ("roc_auc", "ece", "calibration_in_the_large"):
+        if realised and realised.get(key) is not None:
+            metrics[f"realised_{key}"] = float(realised[key])
+    metrics |= {f"psi/{registry.metric_safe(f.column)}": f.psi for f in result.features}
+    run_id = registry.log_monitoring_run(
+        config,
+        paths,
+        name,
+        metrics,
+        [json_path, html_path],
+        {
+            "loopline.batch": name,
+            "loopline.source": "live",
+            "loopline.verdict": result.verdict,
+            "loopline.severity": result.severity,
+            "loopline.champion_version": current.version,
+        },
+    )
+    return {
+        **base,
+        "monitoring_run_id": run_id,
+        "verdict": result.verdict,
+        "drift_reason": result.reason,
+        "rows": result.rows,
+        "shares": result.shares,
+        "performance": result.performance,
+        "realised_performance": realised,
+        "reference_roc_auc": reference_auc,
+        "severity": result.severity,
+        "drift_share": result.drift_share,
+        "score_psi": result.score_psi,
+        "top_features": top,
+        "champion_version": current.version,
+        "served_versions": served,
+        "scores": how,
+        "reason": reason,
+        "report_html": str(html_path),
+        "report_json": str(json_path),
+    }
+
+
+def monitor_live(
+    config: LooplineConfig,
+    paths: Paths,
+    batches: list[str],
+    until: datetime | str | None = None,
+    *,
+    store_url: str | None = None,
+) -> list[dict[str, Any]]:
+    """``monitor_live_window`` for each live window of ``batches`` (what loopline_monitor's task runs).
+
+    Each window's ``recent_batches`` (for grouping repeated alerts) are the live windows of the
+    ``drift.cooldown_batches`` lake batches before it.
+    """
+    from ml.lake import Lake
+
+    order = Lake(paths.lake).batches(config.dataset.name)
+    results = []
+    for name, start, end in live_windows(config, batches, until):
+        batch = name.removeprefix(LIVE_PREFIX)
+        earlier = (
+            order[max(0, order.index(batch) - config.drift.cooldown_batches) : order.index(batch)]
+            if batch in order
+            else []
+        )
+        results.append(
+            monitor_live_window(
+                config,
+                paths,
+                name,
+                start,
+                end,
+                store_url=store_url,
+                recent_windows=[f"{LIVE_PREFIX}{b}" for b in earlier],
+            )
+        )
+    return results
+
+
+def alert_document(
+    config: LooplineConfig, paths: Paths, result: dict[str, Any], retrain_asset: str
+) -> tuple[dict[str, Any], bool] | None:
+    """The alert for a drifted monitor result (lake batch or live window) and whether it repeats a recent
+    one (grouped); None when there is nothing to alert on."""
+    from ml import alerts
+
+    if result.get("verdict") != "drift":
+        return None
+    action = (
+        f"retrain requested (asset {retrain_asset} -> loopline_train)"
+        if result.get("retrain")
+        else result["reason"]
+    )
+    document = alerts.build_alert(
+        dataset=config.dataset.name,
+        batch=result["batch"],
+        severity=result["severity"],
+        top_features=result["top_features"],
+        score_psi=result["score_psi"],
+        action=action,
+        report=result["report_html"],
+        runbook=config.alerts.runbook_url,
+        model=config.model_name,
+        champion_version=result["champion_version"],
+    )
+    if result.get("source") == "live":
+        document["source"] = "live"
+        document["title"] = document["title"].replace(" batch live-", " live traffic ")
+        document["text"] = document["title"] + document["text"][document["text"].index("\n") :]
+    return document, alerts.is_repeat(paths.alert_log, document, result.get("recent_batches", []))

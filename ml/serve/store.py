@@ -15,7 +15,6 @@ unless psycopg 3 is installed). All timestamps are stored in UTC.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +43,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from ml.ingest import normalise_url
+from ml.ingest import redact_url as redact
 
 log = logging.getLogger(__name__)
 
@@ -116,19 +118,6 @@ class FeedbackWindow(Base):
     window_end: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     report: Mapped[dict[str, Any]] = mapped_column(JsonType)
-
-
-def normalise_url(url: str) -> str:
-    """``postgresql://`` means psycopg2 unless psycopg 3 is installed (SQLAlchemy 2.1 defaults to psycopg 3)."""
-    parsed = make_url(url)
-    if parsed.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None:
-        return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-    return url
-
-
-def redact(url: str) -> str:
-    """The URL with its password hidden, for logs and messages."""
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def engine_for(url: str, **kwargs: Any) -> Engine:

@@ -57,3 +57,15 @@ def test_token_sources_in_order(config, tmp_path, monkeypatch) -> None:
         resolve_token(settings_for(config, token_file=str(secret)), paths)
     secret.chmod(0o600)
     assert resolve_token(settings_for(config, token_file=str(secret)), paths) == "from-a-secrets-file-456"
+
+
+def test_environment_overrides_the_file_and_arguments_override_both(config) -> None:
+    from ml.serve.settings import settings_for
+
+    environ = {"LOOPLINE_SERVE_PORT": "28650", "LOOPLINE_SERVE_STORE_URL": "postgresql://u@db/p"}
+    settings = settings_for(config, environ=environ)
+    assert (settings.port, settings.store_url) == (28650, "postgresql://u@db/p")
+    assert settings_for(config, environ=environ, port=28651).port == 28651
+    assert settings_for(config, environ={}).port == config.serving.port == 8600
+    with pytest.raises(ValueError, match="port"):
+        settings_for(config, environ={"LOOPLINE_SERVE_PORT": "eighty"})

@@ -62,3 +62,29 @@ def test_time_batching_needs_time_column(tmp_path: Path) -> None:
 def test_missing_file_says_how_to_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="LOOPLINE_CONFIG"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_serving_section_defaults_and_errors_are_named(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, MINIMAL))
+    assert (config.serving.host, config.serving.port, config.serving.capture_full_policy) == (
+        "127.0.0.1",
+        8600,
+        "block",
+    )
+    assert config.serving.labels.schedule == "@daily" and config.serving.monitoring.window == "batch"
+    tuned = load_config(
+        _write(tmp_path, MINIMAL + "serving: {workers: 2, labels: {join_lookback_days: 7}}\n")
+    )
+    assert (tuned.serving.workers, tuned.serving.labels.join_lookback_days) == (2, 7)
+    with pytest.raises(ConfigError, match=r"serving\.capture_full_policy"):
+        load_config(_write(tmp_path, MINIMAL + "serving: {capture_full_policy: panic}\n"))
+    with pytest.raises(ConfigError, match=r"serving\.labels\.shedule: unknown key"):
+        load_config(_write(tmp_path, MINIMAL + "serving: {labels: {shedule: '@hourly'}}\n"))
+
+
+def test_sql_source_needs_time_batching(tmp_path: Path) -> None:
+    sql = MINIMAL.replace(
+        "source: {path: shop.csv}", "source: {format: sql, url: 'sqlite:///x.db', table: orders}"
+    )
+    with pytest.raises(ConfigError, match="reads one time window per batch"):
+        load_config(_write(tmp_path, sql))
