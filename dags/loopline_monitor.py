@@ -18,6 +18,8 @@ from airflow.sdk import dag, task
 
 from loopline_airflow.assets import LAKE, RETRAIN_REQUEST
 
+RETRAIN_ACTION = f"retrain requested (asset {RETRAIN_REQUEST.name} -> loopline_train)"
+
 
 @dag(
     dag_id="loopline_monitor",
@@ -67,12 +69,12 @@ def loopline_monitor() -> None:
         """
         from loopline_airflow.notifiers import DriftAlertNotifier
         from loopline_airflow.runtime import setup
-        from ml.serve.monitoring import alert_document
+        from ml import alerts
 
         config, paths = setup()
         sent = []
         for result in [*(results or []), *(live or [])]:
-            found = alert_document(config, paths, result, RETRAIN_REQUEST.name)
+            found = alerts.for_result(config, paths.alert_log, result, RETRAIN_ACTION)
             if found is None:
                 continue
             document, grouped = found

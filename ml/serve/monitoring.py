@@ -10,8 +10,8 @@ time of the request), half-open: ``start <= event_time < end``. Every query uses
 and their served scores against the champion's reference profile (``ml.drift.compare``, the lake batches'
 thresholds), the realised AUC and calibration once labels have joined, an HTML and JSON report under
 ``$LOOPLINE_HOME/reports/drift/<dataset>/live/`` and a run in ``<experiment>/monitoring``. A window without
-captured requests gives the verdict ``no_traffic`` and touches nothing. ``alert_document`` turns a monitor
-result (lake batch or live window) into the alert the notifier delivers.
+captured requests gives the verdict ``no_traffic`` and touches nothing. ``ml.alerts.for_result`` turns a
+monitor result (lake batch or live window) into the alert the notifier delivers.
 """
 
 from __future__ import annotations
@@ -349,36 +349,3 @@ def monitor_live(
             )
         )
     return results
-
-
-def alert_document(
-    config: LooplineConfig, paths: Paths, result: dict[str, Any], retrain_asset: str
-) -> tuple[dict[str, Any], bool] | None:
-    """The alert for a drifted monitor result (lake batch or live window) and whether it repeats a recent
-    one (grouped); None when there is nothing to alert on."""
-    from ml import alerts
-
-    if result.get("verdict") != "drift":
-        return None
-    action = (
-        f"retrain requested (asset {retrain_asset} -> loopline_train)"
-        if result.get("retrain")
-        else result["reason"]
-    )
-    document = alerts.build_alert(
-        dataset=config.dataset.name,
-        batch=result["batch"],
-        severity=result["severity"],
-        top_features=result["top_features"],
-        score_psi=result["score_psi"],
-        action=action,
-        report=result["report_html"],
-        runbook=config.alerts.runbook_url,
-        model=config.model_name,
-        champion_version=result["champion_version"],
-    )
-    if result.get("source") == "live":
-        document["source"] = "live"
-        document["title"] = document["title"].replace(" batch live-", " live traffic ")
-        document["text"] = document["title"] + document["text"][document["text"].index("\n") :]
-    return document, alerts.is_repeat(paths.alert_log, document, result.get("recent_batches", []))

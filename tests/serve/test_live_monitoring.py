@@ -36,8 +36,9 @@ def test_shifted_live_stream_alerts_and_a_stable_one_stays_quiet(
     champion_home, start_server, tmp_path
 ) -> None:
     from loopline_airflow.notifiers import DriftAlertNotifier
+    from ml.alerts import for_result
     from ml.serve import labels
-    from ml.serve.monitoring import alert_document, monitor_live_window
+    from ml.serve.monitoring import monitor_live_window
     from ml.serve.store import migrate
 
     home = champion_home
@@ -57,7 +58,7 @@ def test_shifted_live_stream_alerts_and_a_stable_one_stays_quiet(
         empty = monitor_live_window(home.config, home.paths, *_window(home, 1), store_url=store)
         assert quiet["rows"] + drifted["rows"] == sent
         assert quiet["verdict"] == "no_drift", quiet["drift_reason"]
-        assert alert_document(home.config, home.paths, quiet, "retrain") is None
+        assert for_result(home.config, home.paths.alert_log, quiet, "retrain") is None
         assert drifted["verdict"] == "drift" and drifted["severity"] in {"warning", "critical"}
         assert drifted["top_features"] and drifted["scores"] == "served" and not drifted["retrain"]
         assert drifted["report_html"].endswith("live-2025-08.html")
@@ -66,7 +67,7 @@ def test_shifted_live_stream_alerts_and_a_stable_one_stays_quiet(
         assert (empty["verdict"], empty["rows"]) == ("no_traffic", 0)
         assert "no live traffic in window" in empty["reason"]
 
-        document, grouped = alert_document(home.config, home.paths, drifted, "retrain")
+        document, grouped = for_result(home.config, home.paths.alert_log, drifted, "retrain")
         assert not grouped and "live traffic 2025-08" in document["title"]
         DriftAlertNotifier(document, grouped=grouped).notify({})
         logged = [json.loads(line) for line in home.paths.alert_log.read_text().splitlines()]
