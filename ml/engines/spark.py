@@ -1,0 +1,515 @@
+"""The ``spark`` engine: the loop's data-heavy work as Apache Spark jobs, with the local engine's results.
+
+Sessions: one classic ``SparkSession`` per process (``engine.spark.master`` + ``engine.spark.conf``), reused by
+every step; with ``engine.spark.connect_url`` the data steps (gate, drift, scoring) run over Spark Connect
+instead, while training always uses the classic session (XGBoost on Spark needs the SparkContext and barrier
+mode, which Spark Connect does not offer). The lake's partitions are read by path, so every executor (and the
+Connect server) must see the lake at the same path (a shared filesystem or object storage).
+
+What each step computes, and how it matches the local path:
+
+- ``validate``: the dataset's GE suite on the Spark DataFrame of the batches (GE's Spark execution engine):
+  the same ``GateResult`` and verdicts as ``ml.quality.validate``.
+- ``train``: the holdout split of ``ml.train.split_holdout`` (the latest share of the newest batch by event
+  time, collected to pandas), ``xgboost.spark.SparkXGBClassifier`` on the rest with the local hyperparameters
+  and encoding (numeric as float, categoricals as codes of the sorted training vocabulary, marked ``c``), the
+  booster carrying the same spec and vocabulary attributes, so it loads and scores without Spark or Java; the
+  reference profile as Spark aggregations (``ml.engines.spark_profile``); train metrics from a score histogram.
+- ``monitor``: the champion's scores (``mapInPandas``) and the drift comparison with ``ml.drift``; realised
+  performance on the labelled rows.
+- ``score``: ``mapInPandas`` with the booster's ``inplace_predict``; the predictions partition is written
+  through ``ml.lake.Lake`` (atomic, content-hashed), like the local path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ml import drift, performance, train
+from ml.config import LooplineConfig, Paths, SparkConfig
+from ml.engines.base import MonitoredBatch, TrainedModel
+from ml.engines.spark_profile import profile_columns
+from ml.engines.spark_quality import validate_frame
+from ml.features import FeatureSpec, resolve_features
+from ml.lake import DATA_FILE, Lake, LakeError
+
+if TYPE_CHECKING:
+    import xgboost as xgb
+    from pyspark.sql import DataFrame, SparkSession
+
+    from ml.quality import GateResult
+
+log = logging.getLogger(__name__)
+SCORE_COLUMN = "__score__"
+ROW_COLUMN = "__row__"
+LABEL_COLUMN = "__label__"
+METRIC_DECIMALS = 6
+"""Train metrics are computed from a histogram of (label, score rounded to this many decimals)."""
+INSTALL = 'pip install "loopline[spark]"  (pyspark 4.1 with great-expectations[spark]; needs Java 17)'
+DEFAULT_CONF = {
+    "spark.app.name": "loopline",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.ui.showConsoleProgress": "false",
+}
+
+CONNECT_MODE = "SPARK_CONNECT_MODE_ENABLED"
+_lock = threading.Lock()
+_classic: SparkSession | None = None
+_connect: dict[str, SparkSession] = {}
+
+
+def classic_session(spark: SparkConfig) -> SparkSession:
+    """The process's classic SparkSession on ``spark.master`` with the default conf plus ``spark.conf``.
+
+    Created once and reused (a process has one SparkContext); for a ``local[N]`` master the executors' Python
+    is this interpreter and Spark binds to ``$SPARK_LOCAL_IP`` (default 127.0.0.1).
+    """
+    global _classic
+    with _lock:
+        if _classic is not None and _classic._sc._jsc is not None:
+            return _classic
+        try:
+            from pyspark.sql import SparkSession
+        except ImportError as exc:
+            raise RuntimeError(f"engine.kind is spark but pyspark is not installed: {INSTALL}") from exc
+        if spark.master.startswith("local"):
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        builder = SparkSession.builder.master(spark.master)
+        for key, value in {**DEFAULT_CONF, **spark.conf}.items():
+            builder = builder.config(key, value)
+        _classic = builder.getOrCreate()
+        return _classic
+
+
+def connect_session(url: str) -> SparkSession:
+    """A Spark Connect session to ``url`` (``sc://host:port``), one per URL and process."""
+    with _lock:
+        if url not in _connect:
+            from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+            _connect[url] = ConnectSession.builder.remote(url).getOrCreate()
+        return _connect[url]
+
+
+def data_session(spark: SparkConfig) -> SparkSession:
+    """The session of the data steps: Spark Connect when ``connect_url`` is set, else the classic one."""
+    return connect_session(spark.connect_url) if spark.connect_url else classic_session(spark)
+
+
+@contextmanager
+def spark_mode(session: SparkSession) -> Iterator[SparkSession]:
+    """Make ``pyspark.sql.functions`` build columns for ``session``'s kind (Connect or classic) meanwhile.
+
+    pyspark chooses by the process-wide ``SPARK_CONNECT_MODE_ENABLED``; GE's Spark engine and these jobs call
+    those functions, so a process that uses both kinds (a Connect data step, then classic training) switches
+    around each step. Steps of one process run one at a time.
+    """
+    remote = type(session).__module__.startswith("pyspark.sql.connect")
+    before = os.environ.get(CONNECT_MODE)
+    if remote:
+        os.environ[CONNECT_MODE] = "1"
+    else:
+        os.environ.pop(CONNECT_MODE, None)
+    try:
+        yield session
+    finally:
+        if before is None:
+            os.environ.pop(CONNECT_MODE, None)
+        else:
+            os.environ[CONNECT_MODE] = before
+
+
+def read_batches(session: SparkSession, lake: Lake, table: str, batches: list[str]) -> DataFrame:
+    """The lake partitions of ``batches`` as one Spark DataFrame (read by path on the executors)."""
+    if not batches:
+        raise LakeError(f"no batches requested from table {table!r}")
+    files = []
+    for batch in batches:
+        data_file = lake.partition_dir(table, batch) / DATA_FILE
+        if not data_file.is_file():
+            raise LakeError(f"no partition {table}/batch={batch} in {lake.root} (ingest that batch first)")
+        files.append(str(data_file))
+    return session.read.option("mergeSchema", "true").parquet(*files)
+
+
+def _scorer(raw: bytes, keep: list[str]) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """A mapInPandas function: ``keep`` columns plus the booster's score of each row (``train.predict``)."""
+
+    def score(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import xgboost as xgb
+
+        from ml.train import predict
+
+        booster = xgb.Booster()
+        booster.load_model(bytearray(raw))
+        for frame in frames:
+            out = frame[keep].copy()
+            out[SCORE_COLUMN] = predict(booster, frame) if len(frame) else np.zeros(0)
+            yield out
+
+    return score
+
+
+def _summarizer(
+    raw: bytes, profile: str, target: str
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """A mapInPandas function: per partition one ``drift.summarize_batch`` row (JSON), plus the labelled rows'
+    (label, score) pairs."""
+
+    def summarize(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import xgboost as xgb
+
+        from ml import drift
+        from ml.train import predict
+
+        booster = xgb.Booster()
+        booster.load_model(bytearray(raw))
+        reference = json.loads(profile)
+        merged: drift.BatchSummary | None = None
+        for frame in frames:
+            scores = predict(booster, frame) if len(frame) else np.zeros(0)
+            part = drift.summarize_batch(reference, frame, scores)
+            merged = part if merged is None else merged.merge(part)
+            labelled = frame[target].notna().to_numpy()
+            yield pd.DataFrame(
+                {
+                    "summary": pd.Series([None] * int(labelled.sum()), dtype=object),
+                    LABEL_COLUMN: frame.loc[labelled, target].to_numpy(dtype="float64"),
+                    SCORE_COLUMN: scores[labelled],
+                }
+            )
+        if merged is not None:
+            yield pd.DataFrame(
+                {"summary": [json.dumps(merged.to_dict())], LABEL_COLUMN: [np.nan], SCORE_COLUMN: [np.nan]}
+            )
+
+    return summarize
+
+
+def with_scores(frame: DataFrame, booster: xgb.Booster, keep: list[str]) -> DataFrame:
+    """``frame``'s ``keep`` columns and the booster's score per row, as a Spark job (classic or Connect)."""
+    from pyspark.sql.types import DoubleType, StructField, StructType
+
+    fields = [frame.schema[name] for name in keep]
+    schema = StructType([*fields, StructField(SCORE_COLUMN, DoubleType(), False)])
+    return frame.mapInPandas(_scorer(bytes(booster.save_raw("ubj")), keep), schema)
+
+
+def weighted_metrics(
+    labels: np.ndarray, scores: np.ndarray, weights: np.ndarray, threshold: float
+) -> dict[str, float]:
+    """``ml.evaluate.classification_metrics`` of rows given as (label, score, count) groups."""
+    from sklearn.metrics import (
+        average_precision_score,
+        brier_score_loss,
+        f1_score,
+        log_loss,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
+    y = np.asarray(labels, dtype=int)
+    w = np.asarray(weights, dtype="float64")
+    s = np.clip(np.asarray(scores, dtype="float64"), 1e-7, 1 - 1e-7)
+    predicted = (s >= threshold).astype(int)
+    rows, positives = float(w.sum()), float(w[y == 1].sum())
+    both = 0 < positives < rows
+    return {
+        "roc_auc": float(roc_auc_score(y, s, sample_weight=w)) if both else float("nan"),
+        "pr_auc": float(average_precision_score(y, s, sample_weight=w)) if both else float("nan"),
+        "log_loss": float(log_loss(y, s, sample_weight=w, labels=[0, 1])),
+        "brier": float(brier_score_loss(y, s, sample_weight=w)),
+        "precision": float(precision_score(y, predicted, sample_weight=w, zero_division=0)),
+        "recall": float(recall_score(y, predicted, sample_weight=w, zero_division=0)),
+        "f1": float(f1_score(y, predicted, sample_weight=w, zero_division=0)),
+        "rows": rows,
+        "positive_rate": positives / rows if rows else float("nan"),
+    }
+
+
+class SparkEngine:
+    """The loop's data-heavy work as Spark jobs; results equal the local engine's within a stated tolerance."""
+
+    name = "spark"
+
+    def __init__(self, config: LooplineConfig, paths: Paths) -> None:
+        self.config = config
+        self.paths = paths
+        self.lake = Lake(paths.lake)
+
+    @property
+    def spark(self) -> SparkConfig:
+        return self.config.engine.spark
+
+    def read(self, batches: list[str], session: SparkSession | None = None) -> DataFrame:
+        """The dataset's accepted batches as a DataFrame (on the data session unless one is given)."""
+        return read_batches(session or data_session(self.spark), self.lake, self.config.dataset.name, batches)
+
+    def validate(self, batches: list[str], run_name: str) -> GateResult:
+        """The dataset's GE suite over the batches, on GE's Spark execution engine (Data Docs built)."""
+        from ml.steps import data_docs_dir
+
+        with spark_mode(data_session(self.spark)) as session:
+            frame = self.read(batches, session)
+            return validate_frame(frame, self.config.suite_path(), data_docs_dir(self.paths), run_name)
+
+    def split(self, batches: list[str], session: SparkSession) -> tuple[DataFrame, pd.DataFrame]:
+        """Training rows (Spark) and the holdout (pandas): ``ml.train.split_holdout`` on Spark.
+
+        The holdout is the latest ``holdout_fraction`` of the newest batch's labelled rows by event time, ties
+        in file order (a stable sort); the training rows are the older batches and the rest of the newest.
+        """
+        from pyspark.sql import functions as F
+
+        dataset = self.config.dataset
+        labelled = F.col(dataset.target).isNotNull()
+        newest = self.read(batches[-1:], session).where(labelled)
+        newest = newest.withColumn(ROW_COLUMN, F.monotonically_increasing_id())
+        order = [dataset.time_column, ROW_COLUMN] if dataset.time_column else [ROW_COLUMN]
+        count = newest.count()
+        held = count - round(count * (1 - self.config.training.holdout_fraction))
+        holdout = (
+            newest.orderBy(*[F.col(c).desc() for c in order]).limit(held).toPandas()
+            if held
+            else newest.limit(0).toPandas()
+        )
+        holdout = holdout.sort_values(order, kind="stable").reset_index(drop=True)
+        rest = newest
+        if held:
+            first = holdout.iloc[0]
+            before = F.col(ROW_COLUMN) < F.lit(int(first[ROW_COLUMN]))
+            if dataset.time_column:
+                at = F.lit(first[dataset.time_column]).cast(newest.schema[dataset.time_column].dataType)
+                before = (F.col(dataset.time_column) < at) | ((F.col(dataset.time_column) == at) & before)
+            rest = newest.where(before)
+        rows = rest.drop(ROW_COLUMN)
+        if len(batches) > 1:
+            rows = (
+                self.read(batches[:-1], session).where(labelled).unionByName(rows, allowMissingColumns=True)
+            )
+        return rows, holdout.drop(columns=[ROW_COLUMN])
+
+    def _vocabulary(self, frame: DataFrame, spec: FeatureSpec) -> dict[str, list[str]]:
+        """``ml.features.fit_vocabulary`` on Spark: the sorted categories seen, per categorical feature."""
+        from pyspark.sql import functions as F
+
+        if not spec.categorical:
+            return {}
+        row = frame.agg(
+            *[F.collect_set(F.col(c).cast("string")).alias(c) for c in spec.categorical]
+        ).collect()[0]
+        return {column: sorted(row[column]) for column in spec.categorical}
+
+    def _encoded(self, frame: DataFrame, spec: FeatureSpec, vocabulary: dict[str, list[str]]) -> DataFrame:
+        """``ml.features.model_frame`` on Spark: float numerics, categoricals as vocabulary codes (unseen: null)."""
+        from pyspark.sql import functions as F
+
+        def code(column: str) -> Any:
+            categories = vocabulary[column]
+            if not categories:
+                return F.lit(None).cast("double").alias(column)
+            position = F.array_position(F.array(*map(F.lit, categories)), F.col(column).cast("string")) - 1
+            return F.when(position >= 0, position.cast("double")).alias(column)
+
+        return frame.select(
+            *[F.col(c).cast("double").alias(c) for c in spec.numeric],
+            *[code(c) for c in spec.categorical],
+            F.col(self.config.dataset.target).cast("double").alias(LABEL_COLUMN),
+        )
+
+    def _fit(self, encoded: DataFrame, spec: FeatureSpec, params: dict[str, Any]) -> xgb.Booster:
+        """SparkXGBClassifier with the local path's hyperparameters on exactly ``num_workers`` partitions."""
+        from pyspark.sql import functions as F
+        from xgboost.spark import SparkXGBClassifier
+
+        stats = encoded.agg(
+            F.count(F.lit(1)).alias("rows"), F.sum(LABEL_COLUMN).alias("positives")
+        ).collect()[0]
+        rows, positives = int(stats["rows"]), int(stats["positives"] or 0)
+        if rows < 50:
+            raise train.TrainingDataError(
+                f"only {rows} labelled training rows: widen training.window_batches"
+            )
+        if positives in (0, rows):
+            raise train.TrainingDataError(
+                f"the training window has a single class ({positives} positives in {rows} rows): "
+                "widen the window or check the target column"
+            )
+        workers = self.spark.num_workers
+        extra = (
+            {"scale_pos_weight": (rows - positives) / positives}
+            if params["class_weight"] == "balanced"
+            else {}
+        )
+        estimator = SparkXGBClassifier(
+            features_col=spec.columns,
+            label_col=LABEL_COLUMN,
+            num_workers=workers,
+            feature_names=spec.columns,
+            feature_types=["q"] * len(spec.numeric) + ["c"] * len(spec.categorical),
+            missing=np.nan,
+            tree_method="hist",
+            n_estimators=params["num_boost_round"],
+            max_depth=params["max_depth"],
+            learning_rate=params["learning_rate"],
+            min_child_weight=params["min_child_weight"],
+            subsample=params["subsample"],
+            colsample_bytree=params["colsample_bytree"],
+            reg_lambda=params["reg_lambda"],
+            random_state=params["seed"],
+            **extra,
+        )
+        # Exactly num_workers partitions (else SparkXGB shuffles once more), through a shuffle: barrier mode
+        # refuses a stage whose RDD chain holds a union or coalesce, as the window's batches would.
+        return estimator.fit(encoded.repartition(workers)).get_booster()
+
+    def train(self, batches: list[str], params: dict[str, Any]) -> TrainedModel:
+        """Split off the holdout, fit SparkXGBClassifier on the rest, profile the training rows and scores."""
+        with spark_mode(classic_session(self.spark)) as session:
+            return self._train(session, batches, params)
+
+    def _train(self, session: SparkSession, batches: list[str], params: dict[str, Any]) -> TrainedModel:
+        from pyspark.sql import functions as F
+
+        config = self.config
+        params = train.hyperparameters(config.training, params)
+        rows, holdout = self.split(batches, session)
+        rows = rows.persist()
+        try:
+            sample = rows.limit(100).toPandas()
+            spec = resolve_features(config, sample.columns, sample.dtypes)
+            vocabulary = self._vocabulary(rows, spec)
+            booster = self._fit(self._encoded(rows, spec, vocabulary), spec, params)
+            booster.set_attr(**{train.SPEC_ATTR: spec.to_json(), train.VOCAB_ATTR: json.dumps(vocabulary)})
+            target = config.dataset.target
+            scored = with_scores(rows, booster, [*spec.columns, target]).persist()
+            try:
+                count, columns = profile_columns(scored, spec, SCORE_COLUMN, config.drift.bins)
+                histogram = (
+                    scored.groupBy(
+                        F.col(target).cast("int").alias("y"), F.round(SCORE_COLUMN, METRIC_DECIMALS)
+                    )
+                    .count()
+                    .toPandas()
+                )
+            finally:
+                scored.unpersist()
+        finally:
+            rows.unpersist()
+        y, s, w = (histogram.iloc[:, i].to_numpy() for i in range(3))
+        importance = train.feature_importance(booster)
+        calibration = None
+        if len(holdout):
+            calibration = (train.predict(booster, holdout), holdout[target].astype(int).to_numpy())
+        profile = _profile_document(count, columns, config.drift.bins, importance, calibration)
+        return TrainedModel(
+            booster=booster,
+            spec=spec,
+            profile=profile,
+            train_metrics=weighted_metrics(y, s, w, config.gate.decision_threshold),
+            importance=importance,
+            train_rows=count,
+            holdout=holdout,
+            example=sample[[*spec.columns, target]],
+            lineage={
+                "loopline.engine": "spark",
+                "loopline.spark.master": self.spark.master,
+                "loopline.spark.num_workers": str(self.spark.num_workers),
+                "loopline.spark.version": session.version,
+                "loopline.partitions": ",".join(batches),
+            },
+        )
+
+    def monitor(self, batch: str, booster: xgb.Booster, profile: dict[str, Any]) -> MonitoredBatch:
+        """Drift of one batch and of the booster's scores on it against ``profile``, in one Spark pass.
+
+        Each partition scores its rows and summarises them (``drift.summarize_batch``); the driver merges the
+        summaries (exact: they add counts) and compares (``drift.compare_summary``), as the local path does.
+        The labelled rows' (label, score) pairs come back with the summaries for the realised performance.
+        """
+        with spark_mode(data_session(self.spark)) as session:
+            return self._monitor(self.read([batch], session), batch, booster, profile)
+
+    def _monitor(
+        self, frame: DataFrame, batch: str, booster: xgb.Booster, profile: dict[str, Any]
+    ) -> MonitoredBatch:
+        target = self.config.dataset.target
+        wanted = [*drift.summary_columns(profile), *train.feature_spec_of(booster).columns, target]
+        present = [c for c in dict.fromkeys(wanted) if c in frame.columns]
+        schema = f"summary string, {LABEL_COLUMN} double, {SCORE_COLUMN} double"
+        raw, document = bytes(booster.save_raw("ubj")), json.dumps(profile)
+        parts = frame.select(*present).mapInPandas(_summarizer(raw, document, target), schema).toPandas()
+        summaries = [drift.BatchSummary.from_dict(json.loads(t)) for t in parts["summary"].dropna()]
+        summary = (
+            drift.merge_summaries(summaries)
+            if summaries
+            else drift.summarize_batch(profile, frame.limit(0).toPandas(), np.zeros(0))
+        )
+        result = drift.compare_summary(profile, summary, batch, self.config.drift)
+        labelled = parts[parts["summary"].isna()]
+        realised = (
+            performance.realised_performance(
+                labelled[LABEL_COLUMN].to_numpy(dtype=int), labelled[SCORE_COLUMN].to_numpy()
+            )
+            if len(labelled)
+            else None
+        )
+        return MonitoredBatch(drift=result, realised=realised, rows=summary.rows)
+
+    def score(self, batch: str, booster: xgb.Booster, model_version: str) -> dict[str, Any]:
+        """Score one batch as a Spark job and write its predictions partition (replaced on re-run)."""
+        from ml.evaluate import classification_metrics
+        from ml.steps import predictions_table
+
+        dataset = self.config.dataset
+        keep = [c for c in (dataset.id_column, dataset.time_column) if c]
+        with spark_mode(data_session(self.spark)) as session:
+            frame = self.read([batch], session)
+            scored = with_scores(frame, booster, [*keep, dataset.target]).toPandas()
+        out = scored[keep].copy()
+        out["score"] = scored[SCORE_COLUMN].to_numpy(dtype="float64")
+        out["model_version"] = model_version
+        partition = self.lake.write(predictions_table(self.config), batch, out)
+        summary: dict[str, Any] = {
+            "batch": batch,
+            "scored": True,
+            "rows": partition.rows,
+            "champion_version": model_version,
+        }
+        labelled = scored[dataset.target].notna().to_numpy()
+        if labelled.any():
+            summary["roc_auc"] = classification_metrics(
+                scored.loc[labelled, dataset.target].astype(int).to_numpy(),
+                out["score"].to_numpy()[labelled],
+                self.config.gate.decision_threshold,
+            )["roc_auc"]
+        return summary
+
+
+def _profile_document(
+    rows: int,
+    columns: dict[str, Any],
+    bins: int,
+    importance: dict[str, float],
+    calibration: tuple[np.ndarray, np.ndarray] | None,
+) -> dict[str, Any]:
+    """``drift.assemble_profile``'s document (importance, calibration) with every column profiled on Spark."""
+    features = {name: column for name, column in columns.items() if name != drift.SCORE}
+    document = drift.assemble_profile(
+        features, np.zeros(0), rows, bins, importance=importance, calibration=calibration
+    )
+    document["columns"][drift.SCORE] = columns[drift.SCORE]
+    return document

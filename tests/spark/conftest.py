@@ -1,0 +1,137 @@
+"""A real Spark for the engine tests: pyspark from PyPI on the machine's Java 17, ``local[2]``, one session.
+
+The lake holds four months of the demo's loans (cleaned by ``ml.ingest`` as in ``loopline_ingest``) plus one
+broken month (``BROKEN``) that must fail the gate. Without pyspark or Java the tests skip with the install
+command, except in CI (``CI`` set), where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, NoReturn
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+INSTALL = "pip install -e '.[spark]' (pyspark 4.1 and great-expectations[spark]) and a Java 17 runtime"
+MONTHS = 4
+ROWS_PER_MONTH = 1500
+BROKEN = "2025-09"
+BATCHES = [f"2025-0{m}" for m in range(1, MONTHS + 1)]
+SHIFTED = "2025-08"
+PARAMS = {"num_boost_round": 60}
+
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Fail in CI, skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so the Spark tests must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _java_works() -> bool:
+    java = (
+        Path(os.environ["JAVA_HOME"]) / "bin" / "java"
+        if os.environ.get("JAVA_HOME")
+        else shutil.which("java")
+    )
+    if not java:
+        return False
+    return subprocess.run([str(java), "-version"], capture_output=True, timeout=60).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def spark_config() -> Any:
+    """The test engine's Spark settings: local[2], no UI, two shuffle partitions."""
+    try:
+        import pyspark  # noqa: F401
+        import xgboost.spark  # noqa: F401
+    except ImportError as exc:
+        unavailable(f"pyspark is not installed ({exc}): {INSTALL}")
+    if not _java_works():
+        unavailable(f"no working Java runtime: {INSTALL}")
+    from ml.config import SparkConfig
+
+    return SparkConfig(
+        master="local[2]",
+        num_workers=2,
+        conf={"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "2", "spark.driver.memory": "1g"},
+    )
+
+
+@pytest.fixture(scope="session")
+def spark(spark_config: Any) -> Iterator[Any]:
+    """The process's classic session (the engine's own helper), stopped at the end of the test session."""
+    from ml.engines import spark as engine_module
+
+    session = engine_module.classic_session(spark_config)
+    yield session
+    session.stop()
+
+
+def _write_lake(home: Path, config: Any) -> None:
+    """The demo months through landing -> schema -> dedup, written as lake partitions; plus a broken month."""
+    from ml import demo_data
+    from ml.config import Paths
+    from ml.ingest import clean_batch, read_source
+    from ml.lake import Lake
+
+    paths = Paths(home)
+    scenario = demo_data.Scenario(
+        months=8, rows_per_month=ROWS_PER_MONTH, shift_from_month=8, incident_months=(), seed=11
+    )
+    landing = paths.landing / "loans"
+    files = demo_data.write_landing(scenario, landing)
+    lake = Lake(paths.lake)
+    for source in [*files[:MONTHS], files[-1]]:
+        clean = clean_batch(config, read_source(source, "csv"), source.stem, source)
+        lake.write("loans", source.stem, clean.frame, source=str(source))
+    broken = demo_data.generate_month(scenario, 9)
+    rng = np.random.default_rng(3)
+    broken.loc[rng.random(len(broken)) < 0.3, "credit_score"] = np.nan
+    broken.loc[rng.random(len(broken)) < 0.05, "age"] = -1
+    source = landing / f"{BROKEN}.csv"
+    broken.to_csv(source, index=False)
+    clean = clean_batch(config, read_source(source, "csv"), BROKEN, source)
+    lake.write("loans", BROKEN, clean.frame, source=str(source))
+
+
+@pytest.fixture(scope="session")
+def spark_home(tmp_path_factory: pytest.TempPathFactory, spark_config: Any) -> tuple[Any, Any]:
+    """(config with engine spark, paths) over a lake of demo months; shared by the whole directory."""
+    from ml.config import EngineConfig, Paths, load_config
+
+    home = tmp_path_factory.mktemp("spark-home")
+    base = load_config(ROOT / "loopline.yaml")
+    config = base.model_copy(update={"engine": EngineConfig(kind="spark", spark=spark_config)})
+    _write_lake(home, config)
+    return config, Paths(home)
+
+
+@pytest.fixture(scope="session")
+def engine(spark: Any, spark_home: tuple[Any, Any]) -> Any:
+    from ml.engines.base import engine_for
+
+    config, paths = spark_home
+    return engine_for(config, paths)
+
+
+@pytest.fixture(scope="session")
+def window() -> SimpleNamespace:
+    """The lake's batches by role: the training window, the broken month, the shifted month, training params."""
+    return SimpleNamespace(batches=BATCHES, broken=BROKEN, shifted=SHIFTED, params=PARAMS)
+
+
+@pytest.fixture(scope="session")
+def trained(engine: Any) -> Any:
+    """One SparkXGBClassifier training on the four months (the newest month's latest 30% held out)."""
+    return engine.train(BATCHES, PARAMS)
