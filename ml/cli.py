@@ -18,6 +18,17 @@ def _setup(args: argparse.Namespace) -> tuple[LooplineConfig, Paths]:
     return config, Paths.from_env()
 
 
+def _connect(config: LooplineConfig, paths: Paths) -> None:
+    """Connect to the registry: the configured store, else the MLflow server this home's profile started (with
+    its login, from ``ml.registry.client_state``), else the local store."""
+    from ml import registry
+
+    state = registry.client_state(paths)
+    if state and not config.registry.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+        os.environ["MLFLOW_TRACKING_URI"] = state["tracking_uri"]
+    registry.connect(config, paths)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ml.demo import DemoOptions, print_summary, run_demo
 
@@ -47,9 +58,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         celery_workers=args.celery_workers,
     )
     print(f"Airflow UI: {endpoints.airflow_url}  (user {endpoints.username}, password {endpoints.password})")
-    print(
-        f"MLflow UI:  {endpoints.mlflow_url}  (experiment {config.experiment_name}, model {config.model_name})"
+    login = (
+        f"user {endpoints.mlflow_username}, password {endpoints.mlflow_password}"
+        if endpoints.mlflow_username
+        else "no login: the local store, on 127.0.0.1 only"
     )
+    print(f"MLflow UI:  {endpoints.mlflow_url}  ({login})")
+    print(f"            experiment {config.experiment_name}, model {config.model_name}")
     print(f"Logs: {stack.log_dir}   Stop with: make down")
     return 0
 
@@ -83,7 +98,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from ml import registry
 
     config, paths = _setup(args)
-    registry.connect(config, paths)
+    _connect(config, paths)
     current = registry.champion(config)
     document: dict[str, Any] = {"model": config.model_name, "champion": None}
     if current is not None:
@@ -108,11 +123,11 @@ def cmd_history(args: argparse.Namespace) -> int:
     from ml import registry
 
     config, paths = _setup(args)
-    registry.connect(config, paths)
+    _connect(config, paths)
     for move in registry.history(config):
-        refused = "  (REFUSED)" if move["outcome"] != "moved" else ""
+        outcome = "" if move["outcome"] == registry.MOVED else f"  ({move['outcome'].upper()})"
         print(
-            f"{move['at']}  {move['alias']}: v{move['from'] or '-'} -> v{move['to']}{refused}  "
+            f"{move['at']}  {move['alias']}: v{move['from'] or '-'} -> v{move['to']}{outcome}  "
             f"by {move['by']}  {move['reason']}"
         )
     return 0
@@ -124,7 +139,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from ml import registry
 
     config, paths = _setup(args)
-    registry.connect(config, paths)
+    _connect(config, paths)
     before, after = registry.rollback(config, args.to, actor=f"cli:{getpass.getuser()}")
     print(f"champion of {config.model_name}: v{before} -> v{after} (recorded in `loopline history`)")
     return 0

@@ -5,7 +5,10 @@
 - ``prod``: the standard production shape of the stack. The Airflow metadata DB on PostgreSQL (psycopg2, and
   asyncpg for Airflow's async engine), CeleryExecutor with Redis as the broker and PostgreSQL as the result
   backend, real ``airflow celery worker`` processes, a triggerer, and an MLflow tracking server with a PostgreSQL
-  backend store that also serves the artifacts: the DAG tasks reach MLflow over HTTP only.
+  backend store that also serves the artifacts: the DAG tasks reach MLflow over HTTP only. MLflow runs its
+  basic-auth app: an ``admin`` for people and a ``loopline`` user for the DAGs (passwords generated per home,
+  0600 files under ``$LOOPLINE_HOME/mlflow/auth``); the tasks get theirs from the Airflow connection
+  ``mlflow_default`` (``AIRFLOW_CONN_MLFLOW_DEFAULT``), the CLI from ``ml.registry.client_state``.
 
 Both run every process on 127.0.0.1 through ``ml.stack.Stack`` (pids under ``$LOOPLINE_HOME/run``), so
 ``Stack(paths).stop()`` (``loopline down``) ends exactly what was started. Work scales out by starting more
@@ -14,11 +17,15 @@ Both run every process on 127.0.0.1 through ``ml.stack.Stack`` (pids under ``$LO
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
 
 from ml.config import Paths, load_config
 from ml.stack import (
@@ -30,6 +37,7 @@ from ml.stack import (
     airflow_env,
     airflow_password,
     migrate_airflow_db,
+    secret_file,
     start_airflow,
     start_airflow_processes,
     start_mlflow_server,
@@ -44,6 +52,13 @@ ENV_DATABASE_URL = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
 ENV_BROKER_URL = "AIRFLOW__CELERY__BROKER_URL"
 ENV_RESULT_BACKEND = "AIRFLOW__CELERY__RESULT_BACKEND"
 ENV_MLFLOW_BACKEND = "MLFLOW_BACKEND_STORE_URI"
+ENV_MLFLOW_AUTH_DB = "MLFLOW_AUTH_DATABASE_URI"
+MLFLOW_ADMIN = "admin"
+MLFLOW_SERVICE_USER = "loopline"
+MLFLOW_CONN_ID = "mlflow_default"
+# Variables that must not reach the Airflow processes: the tasks take MLflow's address and login from the
+# connection only.
+_MLFLOW_CLIENT_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 class ProfileError(ValueError):
@@ -73,6 +88,7 @@ class ProdSettings:
     result_backend: str | None = None
     celery_workers: int = 1
     worker_concurrency: int = 4
+    mlflow_auth_database_uri: str | None = None  # default: SQLite under $LOOPLINE_HOME/mlflow/auth
 
     def normalised(self) -> ProdSettings:
         """Checked settings with explicit drivers; the result backend defaults to the metadata DB."""
@@ -90,6 +106,12 @@ class ProdSettings:
             result_backend=_psycopg2(self.result_backend or f"db+{database_url}", ENV_RESULT_BACKEND, "db+"),
             celery_workers=self.celery_workers,
             worker_concurrency=self.worker_concurrency,
+            mlflow_auth_database_uri=(
+                self.mlflow_auth_database_uri
+                if self.mlflow_auth_database_uri is None
+                or self.mlflow_auth_database_uri.startswith("sqlite:///")
+                else _psycopg2(self.mlflow_auth_database_uri, ENV_MLFLOW_AUTH_DB)
+            ),
         )
 
     @classmethod
@@ -101,6 +123,7 @@ class ProdSettings:
             "broker_url": environ.get(ENV_BROKER_URL),
             "result_backend": environ.get(ENV_RESULT_BACKEND),
             "mlflow_backend_store_uri": environ.get(ENV_MLFLOW_BACKEND),
+            "mlflow_auth_database_uri": environ.get(ENV_MLFLOW_AUTH_DB),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         missing = [
@@ -117,13 +140,120 @@ class ProdSettings:
         return cls(**values).normalised()  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class MlflowAuth:
+    """The basic-auth set-up of the prod profile's MLflow server, under ``$LOOPLINE_HOME/mlflow/auth``.
+
+    Every file is 0600 in a 0700 folder, generated once per home: the auth config (``basic_auth.ini``, with the
+    admin's password), the password of the ``loopline`` user the DAGs and the CLI log in as, and the Flask
+    secret key (CSRF) of the server.
+    """
+
+    folder: Path
+    admin_password: str
+    service_password: str
+    secret_key: str
+
+    @property
+    def config_file(self) -> Path:
+        return self.folder / "basic_auth.ini"
+
+    @property
+    def service_password_file(self) -> Path:
+        return self.folder / f"{MLFLOW_SERVICE_USER}_password"
+
+    def server_env(self) -> dict[str, str]:
+        """What ``mlflow server --app-name basic-auth`` reads from its environment."""
+        return {
+            "MLFLOW_AUTH_CONFIG_PATH": str(self.config_file),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": self.secret_key,
+        }
+
+
+def mlflow_auth(paths: Paths, database_uri: str | None = None) -> MlflowAuth:
+    """Create (or read) the MLflow auth files of this home; the auth DB defaults to SQLite next to them.
+
+    ``auth_cache_ttl_seconds = 60``: without the cache every request spends ~250 ms hashing the password.
+    """
+    folder = paths.mlflow_dir / "auth"
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    auth = MlflowAuth(
+        folder,
+        admin_password=secret_file(folder / f"{MLFLOW_ADMIN}_password", 24),
+        service_password=secret_file(folder / f"{MLFLOW_SERVICE_USER}_password", 24),
+        secret_key=secret_file(folder / "flask_secret_key", 48),
+    )
+    settings = {
+        "default_permission": "READ",
+        "database_uri": database_uri or f"sqlite:///{folder / 'basic_auth.db'}",
+        "admin_username": MLFLOW_ADMIN,
+        "admin_password": auth.admin_password,
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        "auth_cache_ttl_seconds": "60",
+    }
+    # configparser interpolation: a literal % is written %%
+    text = "[mlflow]\n" + "".join(f"{k} = {v.replace('%', '%%')}\n" for k, v in settings.items())
+    partial = auth.config_file.with_name(auth.config_file.name + ".partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    partial.chmod(0o600)
+    partial.replace(auth.config_file)
+    return auth
+
+
+def ensure_service_user(mlflow_url: str, auth: MlflowAuth, timeout: float = 30) -> None:
+    """Create the ``loopline`` user on the MLflow server (as its admin), or reset it to the home's password.
+
+    It is not an admin: it owns what it creates (experiments, the registered model) and reads the rest.
+    """
+    admin = (MLFLOW_ADMIN, auth.admin_password)
+    body = {"username": MLFLOW_SERVICE_USER, "password": auth.service_password}
+    created = requests.post(
+        f"{mlflow_url}/api/2.0/mlflow/users/create", json=body, auth=admin, timeout=timeout
+    )
+    if created.status_code == 200:
+        return
+    if created.status_code == 401:
+        raise ProfileError(
+            f"the MLflow auth DB already has an admin whose password is not {auth.folder / 'admin_password'}: "
+            "restore that file, or drop the auth DB (its users and permissions) and start again"
+        )
+    if "RESOURCE_ALREADY_EXISTS" not in created.text:
+        raise ProfileError(f"creating the MLflow user {MLFLOW_SERVICE_USER} failed: {created.text[:300]}")
+    updated = requests.patch(
+        f"{mlflow_url}/api/2.0/mlflow/users/update-password", json=body, auth=admin, timeout=timeout
+    )
+    if updated.status_code != 200:
+        raise ProfileError(f"resetting the MLflow user {MLFLOW_SERVICE_USER} failed: {updated.text[:300]}")
+
+
+def mlflow_connection(mlflow_url: str, auth: MlflowAuth) -> str:
+    """``AIRFLOW_CONN_MLFLOW_DEFAULT``: the HTTP connection the DAG tasks take MLflow's address and login from."""
+    url = urlsplit(mlflow_url)
+    return json.dumps(
+        {
+            "conn_type": "http",
+            "host": url.hostname,
+            "port": url.port,
+            "schema": url.scheme,
+            "login": MLFLOW_SERVICE_USER,
+            "password": auth.service_password,
+        }
+    )
+
+
 def prod_airflow_env(
     paths: Paths, config_file: Path, airflow_port: int, settings: ProdSettings, mlflow_url: str
 ) -> dict[str, str]:
-    """The environment of every Airflow process of the prod profile (a Celery worker elsewhere needs it too)."""
+    """The environment of every Airflow process of the prod profile (a Celery worker elsewhere needs it too).
+
+    MLflow's address and login reach the tasks only through the ``mlflow_default`` connection.
+    """
     settings = settings.normalised()
     assert settings.result_backend is not None
-    return airflow_env(
+    env = airflow_env(
         paths,
         config_file,
         airflow_port,
@@ -138,11 +268,16 @@ def prod_airflow_env(
             # Longer than any Loopline task may run, else the broker redelivers it (Airflow's default, explicit).
             "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "86400",
             "AIRFLOW__CORE__PARALLELISM": str(max(4, settings.celery_workers * settings.worker_concurrency)),
-            "MLFLOW_TRACKING_URI": mlflow_url,
+            f"AIRFLOW_CONN_{MLFLOW_CONN_ID.upper()}": mlflow_connection(
+                mlflow_url, mlflow_auth(paths, settings.mlflow_auth_database_uri)
+            ),
             "LOOPLINE_HOME": str(paths.home),
             "LOOPLINE_CONFIG": str(config_file),
         },
     )
+    for name in _MLFLOW_CLIENT_ENV:
+        env.pop(name, None)
+    return env
 
 
 def celery_hostname(index: int) -> str:
@@ -174,15 +309,48 @@ def wait_celery_workers(broker_url: str, count: int, stack: Stack, timeout: floa
     )
 
 
+def start_mlflow_with_auth(
+    stack: Stack, backend_store_uri: str, port: int, auth_database_uri: str | None = None
+) -> MlflowAuth:
+    """Start the prod profile's ``mlflow server`` (basic auth, artifacts served from the home); no wait."""
+    import importlib.util
+
+    if importlib.util.find_spec("flask_wtf") is None:
+        raise ProfileError(
+            "MLflow's basic-auth app needs mlflow[auth] (Flask-WTF): pip install 'loopline[prod]' in this venv"
+        )
+    auth = mlflow_auth(stack.paths, auth_database_uri)
+    start_mlflow_server(
+        stack,
+        MLFLOW_SERVER,
+        backend_store_uri,
+        port,
+        artifacts_destination=stack.paths.mlflow_artifacts,
+        wait=False,
+        auth_env=auth.server_env(),
+    )
+    return auth
+
+
+def ready_mlflow_with_auth(stack: Stack, mlflow_url: str, auth: MlflowAuth) -> None:
+    """Wait for that server, create the ``loopline`` user and record the server for the CLI (client state)."""
+    from ml.registry import write_client_state
+
+    wait_healthy(f"{mlflow_url}/health", "MLflow", stack, timeout=180, watch=[MLFLOW_SERVER])
+    ensure_service_user(mlflow_url, auth)
+    write_client_state(stack.paths, mlflow_url, MLFLOW_SERVICE_USER, auth.service_password_file)
+
+
 def start_prod(
     stack: Stack, config_file: Path, airflow_port: int, mlflow_port: int, settings: ProdSettings
 ) -> Endpoints:
     """Start the prod profile; returns once the MLflow server, Airflow and every Celery worker are healthy.
 
-    The MLflow server starts first (it migrates its DB while ``airflow db migrate`` runs). Every Airflow part
-    binds to 127.0.0.1 or nothing: the scheduler, triggerer and workers skip their log servers (the api-server
-    reads the task logs from ``AIRFLOW_HOME/logs``; workers on other machines need a shared log folder or
-    remote logging).
+    The MLflow server starts first, with basic auth (it migrates its DB while ``airflow db migrate`` runs); once
+    it is healthy the ``loopline`` user is made and ``ml.registry.write_client_state`` records the server for
+    the CLI. Every Airflow part binds to 127.0.0.1 or nothing: the scheduler, triggerer and workers skip their
+    log servers (the api-server reads the task logs from ``AIRFLOW_HOME/logs``; workers on other machines need
+    a shared log folder or remote logging, docs/deployment.md).
     """
     settings = settings.normalised()
     config = load_config(config_file)
@@ -209,13 +377,8 @@ def _start_prod(
     settings: ProdSettings,
 ) -> Endpoints:
     paths = stack.paths
-    start_mlflow_server(
-        stack,
-        MLFLOW_SERVER,
-        settings.mlflow_backend_store_uri,
-        mlflow_port,
-        artifacts_destination=paths.mlflow_artifacts,
-        wait=False,
+    auth = start_mlflow_with_auth(
+        stack, settings.mlflow_backend_store_uri, mlflow_port, settings.mlflow_auth_database_uri
     )
     env = prod_airflow_env(paths, config_file, airflow_port, settings, mlflow_url)
     migrate_airflow_db(env, stack.log_dir / "airflow-db-migrate.log")
@@ -237,7 +400,8 @@ def _start_prod(
             "--without-gossip",
         ]
     start_airflow_processes(stack, env, airflow_port, first)
-    wait_healthy(f"{mlflow_url}/health", "MLflow", stack, timeout=180, watch=[MLFLOW_SERVER])
+    # before the scheduler starts: no task runs before the DAGs' MLflow login exists
+    ready_mlflow_with_auth(stack, mlflow_url, auth)
     url = start_airflow_processes(
         stack,
         env,
@@ -258,8 +422,10 @@ def _start_prod(
         description=(
             "api-server, scheduler, dag-processor, triggerer, "
             f"{settings.celery_workers} Celery worker(s); CeleryExecutor on PostgreSQL + Redis; "
-            f"MLflow server {mlflow_url}"
+            f"MLflow server {mlflow_url} (basic auth)"
         ),
+        mlflow_username=MLFLOW_ADMIN,
+        mlflow_password=auth.admin_password,
     )
 
 
@@ -290,11 +456,14 @@ def start(
 
     ``prod`` takes its URLs from the arguments, else from ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``,
     ``AIRFLOW__CELERY__BROKER_URL``, ``AIRFLOW__CELERY__RESULT_BACKEND`` (default: the metadata DB) and
-    ``MLFLOW_BACKEND_STORE_URI``. Clients of the prod profile's MLflow (``loopline status`` etc.) need
-    ``MLFLOW_TRACKING_URI`` set to the returned ``mlflow_url``.
+    ``MLFLOW_BACKEND_STORE_URI`` (and ``MLFLOW_AUTH_DATABASE_URI``, default SQLite under the home). The CLI
+    (``loopline status`` etc.) finds the prod profile's MLflow server and its login in the home's client state.
     """
     stack = Stack(paths)
     if profile == "embedded":
+        from ml.registry import client_state_file
+
+        client_state_file(paths).unlink(missing_ok=True)  # the CLI uses the local store again
         config = load_config(config_file)
         endpoints = start_airflow(stack, config_file, airflow_port)
         mlflow_url = start_mlflow_ui(stack, paths.tracking_uri(config), mlflow_port)

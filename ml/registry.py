@@ -3,7 +3,9 @@
 Runs hold params, metrics, the model, the reference profile, the data-quality result and the lineage (lake
 partitions with content hashes as dataset inputs, Airflow dag_id/run_id as tags). The registry holds versions,
 the ``champion`` alias, the gate verdict as version tags, and an append-only history of alias moves as
-registered-model tags (``history.000001`` ...), readable with ``loopline history``.
+registered-model tags (``history.000001`` ...), readable with ``loopline history``. An alias move is recorded
+"pending" before it happens and "moved" after, so a crash between the steps is reconciled by readers and completed
+by a retry (``_move``, ``_settle``).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def connect(config: LooplineConfig, paths: Paths) -> str:
     import mlflow
 
     uri = paths.tracking_uri(config)
+    _use_profile_credentials(paths, uri)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     previous = os.environ.get("MLFLOW_TRACKING_URI")
@@ -89,6 +92,45 @@ def connect(config: LooplineConfig, paths: Paths) -> str:
         return found.experiment_id
 
 
+def client_state_file(paths: Paths) -> Path:
+    """Where a profile that runs an MLflow server says how to reach it (``write_client_state``)."""
+    return paths.mlflow_dir / "client.json"
+
+
+def write_client_state(paths: Paths, tracking_uri: str, username: str, password_file: Path) -> Path:
+    """Record (mode 0600) the MLflow server a profile started and the login its clients use.
+
+    The password stays in ``password_file`` (0600 too); the state names the file.
+    """
+    from ml.lake import atomic_write_json
+
+    file = client_state_file(paths)
+    state = {"tracking_uri": tracking_uri, "username": username, "password_file": str(password_file)}
+    atomic_write_json(file, state)
+    file.chmod(0o600)
+    return file
+
+
+def client_state(paths: Paths) -> dict[str, str] | None:
+    """The recorded MLflow server of this home's profile, or None (embedded profile, or never started)."""
+    file = client_state_file(paths)
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def _use_profile_credentials(paths: Paths, uri: str) -> None:
+    """Log in to the home's own MLflow server (``client_state``) when ``uri`` is that server.
+
+    Other servers keep whatever ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` say. MLflow reads
+    them from the environment at every request.
+    """
+    state = client_state(paths)
+    if state is None or state["tracking_uri"].rstrip("/") != uri.rstrip("/"):
+        return
+    password = Path(state["password_file"]).read_text().strip()
+    os.environ["MLFLOW_TRACKING_USERNAME"] = state["username"]
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+
+
 def _client() -> Any:
     from mlflow import MlflowClient
 
@@ -99,10 +141,16 @@ def champion(config: LooplineConfig) -> VersionRef | None:
     """The version under the ``champion`` alias, or None before the first promotion."""
     from mlflow.exceptions import MlflowException
 
+    client = _client()
     try:
-        found = _client().get_model_version_by_alias(config.model_name, CHAMPION)
+        found = client.get_model_version_by_alias(config.model_name, CHAMPION)
     except MlflowException as exc:
         if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}:
+            return None
+        # MLflow's auth app answers a non-admin's question about a model that does not exist with 403
+        if exc.error_code == "PERMISSION_DENIED" and not client.search_registered_models(
+            f"name = '{config.model_name}'"
+        ):
             return None
         raise
     return VersionRef(config.model_name, str(found.version), str(found.run_id))
@@ -327,24 +375,23 @@ def promote(
 ) -> None:
     """Move ``champion`` to the challenger if the champion is still the one it was compared with.
 
-    The check and the move happen under an exclusive lock, so two racing promotions cannot both win.
+    The check and the move happen under an exclusive lock, so two racing promotions cannot both win. A retry of
+    a promotion that crashed half-way converges: the pending move is completed, or found done, not repeated.
     """
     with _alias_lock():
+        _settle(config, CHAMPION, retry=(expected_champion, challenger.version))
         current = champion(config)
         current_version = current.version if current else None
+        if current_version == challenger.version:
+            return  # already champion: a retry of a move that happened
         if current_version != expected_champion:
             message = (
                 f"champion is now v{current_version}, not v{expected_champion} as evaluated: "
                 "re-run the evaluation"
             )
-            append_history(
-                config, CHAMPION, current_version, challenger.version, message, actor, outcome="refused"
-            )
+            _append(config, _entry(CHAMPION, current_version, challenger.version, message, actor, REFUSED))
             raise PromotionConflict(message)
-        client = _client()
-        client.set_registered_model_alias(config.model_name, CHAMPION, challenger.version)
-        client.set_model_version_tag(config.model_name, challenger.version, "promoted_at", _now())
-        append_history(config, CHAMPION, current_version, challenger.version, reason, actor)
+        _move(config, _entry(CHAMPION, current_version, challenger.version, reason, actor, PENDING))
 
 
 @contextmanager
@@ -364,14 +411,11 @@ def _alias_lock() -> Iterator[None]:
 
 def move_alias(config: LooplineConfig, alias: str, version: str, reason: str, actor: str) -> None:
     """Point ``alias`` at ``version`` and record the move (for aliases other than champion)."""
-    client = _client()
     with _alias_lock():
-        try:
-            before: str | None = str(client.get_model_version_by_alias(config.model_name, alias).version)
-        except Exception:  # no such alias yet
-            before = None
-        client.set_registered_model_alias(config.model_name, alias, version)
-        append_history(config, alias, before, version, reason, actor)
+        _settle(config, alias)
+        before = _aliases(config).get(alias)
+        if before != version:
+            _move(config, _entry(alias, before, version, reason, actor, PENDING))
 
 
 def rollback(config: LooplineConfig, to_version: str | None, actor: str) -> tuple[str | None, str]:
@@ -401,31 +445,35 @@ def rollback(config: LooplineConfig, to_version: str | None, actor: str) -> tupl
     if known[to_version].get("gate") != "passed" and not was_champion:
         raise ValueError(f"version {to_version} never passed the gate: refusing to make it champion")
     with _alias_lock():
-        if (champion(config) or current).version != current.version:
+        completed = _settle(config, CHAMPION, retry=(current.version, to_version))
+        now = (champion(config) or current).version
+        if now == to_version:  # a retry of a rollback that happened
+            return (completed["from"] if completed else current.version), to_version
+        if now != current.version:
             raise PromotionConflict(
                 "the champion moved while rolling back: check `loopline history` and retry"
             )
-        _client().set_registered_model_alias(config.model_name, CHAMPION, to_version)
-        append_history(
-            config, CHAMPION, current.version, to_version, f"rollback from v{current.version}", actor
+        _move(
+            config,
+            _entry(
+                CHAMPION, current.version, to_version, f"rollback from v{current.version}", actor, PENDING
+            ),
         )
     return current.version, to_version
 
 
-def append_history(
-    config: LooplineConfig,
-    alias: str,
-    from_version: str | None,
-    to_version: str,
-    reason: str,
-    actor: str,
-    outcome: str = "moved",
-) -> None:
-    """Append one alias move to the registered model's history (never rewritten)."""
-    client = _client()
-    model = client.get_registered_model(config.model_name)
-    numbers = [int(key.split(".")[1]) for key in model.tags if key.startswith("history.")]
-    entry = {
+# The history of alias moves: one registered-model tag per entry (history.000001, ...). A move is three writes
+# that a crash can interrupt anywhere: (1) its entry, outcome "pending"; (2) the alias; (3) the entry, "moved".
+# Readers reconcile a pending entry with the alias (moved if the alias points at its target); the next writer,
+# under the alias lock, settles it for good ("moved", or "abandoned" when the alias never moved).
+PENDING, MOVED, REFUSED, ABANDONED = "pending", "moved", "refused", "abandoned"
+_HISTORY_PREFIX = "history."
+
+
+def _entry(
+    alias: str, from_version: str | None, to_version: str, reason: str, actor: str, outcome: str
+) -> dict[str, Any]:
+    return {
         "at": _now(),
         "alias": alias,
         "from": from_version,
@@ -434,25 +482,93 @@ def append_history(
         "by": actor,
         "outcome": outcome,
     }
-    client.set_registered_model_tag(
-        config.model_name, f"history.{max(numbers, default=0) + 1:06d}", json.dumps(entry)
-    )
+
+
+def _recorded(config: LooplineConfig) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The history entries as written (by tag key, oldest first) and the aliases (alias -> version)."""
+    model = _client().get_registered_model(config.model_name)
+    keys = sorted(k for k in model.tags if k.startswith(_HISTORY_PREFIX))
+    entries = {key: json.loads(model.tags[key]) for key in keys}
+    for entry in entries.values():
+        entry.setdefault("outcome", MOVED)
+    return entries, {str(alias): str(version) for alias, version in dict(model.aliases).items()}
+
+
+def _aliases(config: LooplineConfig) -> dict[str, str]:
+    return _recorded(config)[1]
+
+
+def _write_entry(config: LooplineConfig, key: str, entry: dict[str, Any]) -> None:
+    _client().set_registered_model_tag(config.model_name, key, json.dumps(entry))
+
+
+def _append(config: LooplineConfig, entry: dict[str, Any]) -> str:
+    """Write ``entry`` under the next history key (callers hold the alias lock); returns the key."""
+    entries, _ = _recorded(config)
+    numbers = [int(key.removeprefix(_HISTORY_PREFIX)) for key in entries]
+    key = f"{_HISTORY_PREFIX}{max(numbers, default=0) + 1:06d}"
+    _write_entry(config, key, entry)
+    return key
+
+
+def _move(config: LooplineConfig, entry: dict[str, Any], key: str | None = None) -> None:
+    """Move ``entry["alias"]`` to ``entry["to"]``: the pending entry (new unless ``key``), the alias, "moved"."""
+    key = key or _append(config, entry)
+    _client().set_registered_model_alias(config.model_name, entry["alias"], entry["to"])
+    _complete(config, key, entry)
+
+
+def _complete(config: LooplineConfig, key: str, entry: dict[str, Any]) -> None:
+    """Step 3 of a move: a new champion gets ``promoted_at`` (unless it has one), then the entry says "moved"."""
+    if entry["alias"] == CHAMPION:
+        tags = _client().get_model_version(config.model_name, entry["to"]).tags
+        if "promoted_at" not in tags:
+            _client().set_model_version_tag(config.model_name, entry["to"], "promoted_at", _now())
+    _write_entry(config, key, {**entry, "outcome": MOVED})
+
+
+def _settle(
+    config: LooplineConfig, alias: str, retry: tuple[str | None, str] | None = None
+) -> dict[str, Any] | None:
+    """Finish what a crashed move of ``alias`` left pending (callers hold the alias lock).
+
+    A pending entry whose target the alias points at is completed; the one matching ``retry`` (from, to) while
+    the alias is still at its ``from`` is resumed (the move is made now); any other is marked "abandoned".
+    Returns the entry that ended up moved, if any.
+    """
+    entries, aliases = _recorded(config)
+    target = aliases.get(alias)
+    done: dict[str, Any] | None = None
+    pending = [(k, e) for k, e in entries.items() if e["alias"] == alias and e["outcome"] == PENDING]
+    for key, entry in reversed(pending):  # newest first: at most one can be the alias's last move
+        if done is None and entry["to"] == target:
+            _complete(config, key, entry)
+            done = entry
+        elif done is None and retry == (entry["from"], entry["to"]) and target == entry["from"]:
+            _move(config, entry, key)
+            done = entry
+        else:
+            _write_entry(config, key, {**entry, "outcome": ABANDONED})
+    return done
 
 
 def history(config: LooplineConfig) -> list[dict[str, Any]]:
-    """Every recorded alias move or refused attempt, oldest first."""
-    model = _client().get_registered_model(config.model_name)
-    entries = [
-        json.loads(model.tags[key]) for key in sorted(k for k in model.tags if k.startswith("history."))
-    ]
-    for entry in entries:
-        entry.setdefault("outcome", "moved")
-    return entries
+    """Every recorded alias move or refused attempt, oldest first.
+
+    A move still "pending" in the record is reported "moved" when its alias points at its target (the process
+    that made it died before saying so); otherwise it stays "pending" (in flight, or the alias never moved).
+    """
+    entries, aliases = _recorded(config)
+    found = list(entries.values())
+    for entry in found:
+        if entry["outcome"] == PENDING and aliases.get(entry["alias"]) == entry["to"]:
+            entry["outcome"] = MOVED
+    return found
 
 
 def champion_moves(config: LooplineConfig) -> list[dict[str, Any]]:
     """The moves of the ``champion`` alias that happened, oldest first."""
-    return [m for m in history(config) if m["alias"] == CHAMPION and m["outcome"] == "moved"]
+    return [m for m in history(config) if m["alias"] == CHAMPION and m["outcome"] == MOVED]
 
 
 def versions(config: LooplineConfig) -> list[dict[str, Any]]:

@@ -40,6 +40,8 @@ class Endpoints:
     username: str
     password: str
     description: str = "api-server, scheduler, dag-processor; LocalExecutor"
+    mlflow_username: str | None = None  # None: the MLflow UI asks for no login (embedded profile)
+    mlflow_password: str | None = None
 
 
 def free_port(preferred: int) -> int:
@@ -60,13 +62,19 @@ def _bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def _secret(paths: Paths, name: str, length: int) -> str:
-    file = paths.airflow_home / name
+def secret_file(file: Path, length: int) -> str:
+    """The secret kept in ``file``, generated (``length`` random bytes, URL-safe) and created 0600 on first use."""
     if not file.exists():
         file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_text(secrets.token_urlsafe(length))
-        file.chmod(0o600)
+        with contextlib.suppress(FileExistsError):  # another process created it first: read theirs
+            descriptor = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_urlsafe(length))
     return file.read_text().strip()
+
+
+def _secret(paths: Paths, name: str, length: int) -> str:
+    return secret_file(paths.airflow_home / name, length)
 
 
 def airflow_password(paths: Paths) -> str:
@@ -285,13 +293,19 @@ def start_mlflow_server(
     port: int,
     artifacts_destination: Path | None = None,
     wait: bool = True,
+    auth_env: Mapping[str, str] | None = None,
 ) -> str:
     """``mlflow server`` (one worker, no job runner) on 127.0.0.1; returns its URL (once healthy when ``wait``).
 
     With ``artifacts_destination`` the server also stores and serves the artifacts (``mlflow-artifacts:/``), so
-    clients need nothing but HTTP.
+    clients need nothing but HTTP. With ``auth_env`` (``MLFLOW_AUTH_CONFIG_PATH``,
+    ``MLFLOW_FLASK_SERVER_SECRET_KEY``) it runs MLflow's basic-auth app: every request but ``/health`` needs a
+    login. The admin's name and password then come from the auth config file only, never from the shell.
     """
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    for variable in ("MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):
+        env.pop(variable, None)
+    env.update(auth_env or {})
     command = [
         _bin("mlflow"),
         "server",
@@ -304,6 +318,8 @@ def start_mlflow_server(
         "--backend-store-uri",
         backend_store_uri,
     ]
+    if auth_env is not None:
+        command += ["--app-name", "basic-auth"]
     if artifacts_destination is not None:
         artifacts_destination.mkdir(parents=True, exist_ok=True)
         command += [

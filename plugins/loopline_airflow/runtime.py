@@ -3,24 +3,77 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from ml.config import LooplineConfig, Paths
 
 P = ParamSpec("P")
 R = TypeVar("R")
+MLFLOW_CONN_ID = "mlflow_default"
+MLFLOW_CLIENT_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 def setup() -> tuple[LooplineConfig, Paths]:
-    """The config ($LOOPLINE_CONFIG) and paths ($LOOPLINE_HOME) this deployment runs with."""
+    """The config ($LOOPLINE_CONFIG) and paths ($LOOPLINE_HOME) this deployment runs with.
+
+    When the Airflow connection ``mlflow_default`` exists, MLflow's address and login come from it.
+    """
     import logging
 
     from ml.config import Paths, load_config
 
     logging.getLogger("ml").setLevel(logging.INFO)
+    use_mlflow_connection()
     return load_config(), Paths.from_env()
+
+
+def mlflow_client_env(conn: Any) -> dict[str, str]:
+    """``MLFLOW_TRACKING_URI`` (and the login, when the connection has one) from an HTTP connection.
+
+    The host is a URL (``https://mlflow.example``) or a name with ``schema`` (http, https) and ``port``, as for
+    Airflow's HttpHook.
+    """
+    host = (conn.host or "").strip().rstrip("/")
+    if not host:
+        raise ValueError(f"the Airflow connection {conn.conn_id} has no host: set MLflow's address there")
+    if "://" not in host:
+        host = f"{conn.schema or 'http'}://{host}"
+    if conn.port and urlsplit(host).port is None:
+        host = f"{host}:{conn.port}"
+    env = {"MLFLOW_TRACKING_URI": host}
+    if conn.login:
+        env |= {"MLFLOW_TRACKING_USERNAME": conn.login, "MLFLOW_TRACKING_PASSWORD": conn.password or ""}
+    return env
+
+
+def use_mlflow_connection(conn_id: str = MLFLOW_CONN_ID) -> bool:
+    """Point this process's MLflow client at the connection ``conn_id``; False (nothing changed) without one.
+
+    ``ml`` code reads the environment only, so it never needs Airflow. The password is masked in task logs.
+    """
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = Connection.get(conn_id)
+    except AirflowNotFoundException:
+        return False
+    import logging
+
+    for name in MLFLOW_CLIENT_ENV:
+        os.environ.pop(name, None)
+    os.environ.update(mlflow_client_env(conn))
+    logging.getLogger("loopline_airflow").info(
+        "MLflow: %s as %s (Airflow connection %s)",
+        os.environ["MLFLOW_TRACKING_URI"],
+        conn.login or "anonymous",
+        conn_id,
+    )
+    return True
 
 
 def batch_for_run(context: Any, requested: str | None) -> str:

@@ -13,11 +13,14 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,6 +33,8 @@ COMPOSE_FILE = DOCKER / "compose.yaml"
 ENV_EXAMPLE = DOCKER / ".env.example"
 DOCKERFILE = DOCKER / "Dockerfile"
 MLFLOW_DOCKERFILE = DOCKER / "mlflow" / "Dockerfile"
+MLFLOW_AUTH_INI = DOCKER / "mlflow" / "basic_auth.ini"
+CREATE_USER = DOCKER / "mlflow" / "create_user.py"
 INIT_SCRIPT = DOCKER / "airflow-init.sh"
 POSTGRES_INIT = DOCKER / "postgres" / "init-databases.sh"
 BIN = Path(sys.executable).parent
@@ -42,8 +47,8 @@ AIRFLOW_SERVICES = (
     "airflow-triggerer",
     "airflow-worker",
 )
-OTHER_SERVICES = ("postgres", "redis", "minio", "create-bucket", "mlflow")
-ONE_SHOT = {"airflow-init", "create-bucket"}
+OTHER_SERVICES = ("postgres", "redis", "minio", "create-bucket", "mlflow", "mlflow-users")
+ONE_SHOT = {"airflow-init", "create-bucket", "mlflow-users"}
 # keys an Airflow service may add to the shared environment, and why
 EXTRA_ENV = {
     "airflow-init": {"AIRFLOW_ADMIN_PASSWORD"},  # only the init container writes the passwords file
@@ -393,7 +398,17 @@ def test_airflow_environment_contract(compose: dict) -> None:
     assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin"
     assert env["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/loopline/dags"
     assert env["AIRFLOW__CORE__PLUGINS_FOLDER"] == "/opt/loopline/plugins"
-    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    # MLflow's address and login reach the tasks through the Airflow connection only
+    assert not {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} & set(env)
+    connection = json.loads(env["AIRFLOW_CONN_MLFLOW_DEFAULT"])
+    assert connection == {
+        "conn_type": "http",
+        "host": "mlflow",
+        "port": 5000,
+        "schema": "http",
+        "login": "loopline",
+        "password": PLACEHOLDER,
+    }
     assert env["MLFLOW_DISABLE_TELEMETRY"] == "true"
     assert env["LOOPLINE_HOME"] == "/opt/loopline/home"
     assert env["LOOPLINE_CONFIG"] == "/opt/loopline/loopline.yaml"
@@ -423,12 +438,13 @@ def test_one_shot_commands_run_what_the_images_carry(raw_compose: dict) -> None:
     init = command_of(raw_compose["services"]["airflow-init"])
     assert init == ["bash", "/opt/loopline/docker/airflow-init.sh"]
     assert command_of(raw_compose["services"]["create-bucket"]) == ["python", "/opt/mlflow/create_bucket.py"]
+    assert command_of(raw_compose["services"]["mlflow-users"]) == ["python", "/opt/mlflow/create_user.py"]
 
 
 @pytest.mark.fast
 def test_worker_scales(raw_compose: dict) -> None:
     worker = raw_compose["services"]["airflow-worker"]
-    assert command_of(worker)[-2:] == ["celery", "worker"]
+    assert command_of(worker)[1:3] == ["celery", "worker"]
     assert "hostname" not in worker and "container_name" not in worker
     assert worker["environment"].get("DUMB_INIT_SETSID") == "0"
 
@@ -514,11 +530,171 @@ def test_mlflow_server_command_follows_the_contract(compose: dict) -> None:
     allowed = option_value(argv, "--allowed-hosts").split(",")
     assert f"mlflow:{port}" in allowed, "the workers reach MLflow as mlflow:5000"
     assert {"localhost:*", "127.0.0.1:*"} <= set(allowed), "the published UI is opened on 127.0.0.1"
-    assert compose["x-airflow-common"]["environment"]["MLFLOW_TRACKING_URI"] == f"http://mlflow:{port}"
+    connection = json.loads(compose["x-airflow-common"]["environment"]["AIRFLOW_CONN_MLFLOW_DEFAULT"])
+    assert (connection["host"], str(connection["port"])) == ("mlflow", port)
+    users = compose["services"]["mlflow-users"]
+    assert users["environment"]["MLFLOW_TRACKING_URI"] == f"http://mlflow:{port}"
+    assert users["environment"]["MLFLOW_LOOPLINE_USER"] == connection["login"]
     assert mlflow["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     bucket = compose["services"]["create-bucket"]["environment"]["MLFLOW_ARTIFACTS_BUCKET"]
     assert option_value(argv, "--artifacts-destination").startswith(f"s3://{bucket}/")
+
+
+@pytest.mark.fast
+def test_mlflow_runs_basic_auth_with_secrets_from_env(raw_compose: dict, compose: dict) -> None:
+    import configparser
+
+    mlflow = compose["services"]["mlflow"]
+    argv = command_of(mlflow)
+    assert option_value(argv, "--app-name") == "basic-auth"
+    env = mlflow["environment"]
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == PLACEHOLDER
+    ini_path = env["MLFLOW_AUTH_CONFIG_PATH"]
+    dockerfile = MLFLOW_DOCKERFILE.read_text()
+    assert re.search(rf"^COPY basic_auth.ini {re.escape(ini_path)}$", dockerfile, re.MULTILINE)
+    assert "!basic_auth.ini" in (DOCKER / "mlflow" / "Dockerfile.dockerignore").read_text().splitlines()
+    settings = configparser.ConfigParser()
+    settings.read(MLFLOW_AUTH_INI)
+    auth = settings["mlflow"]
+    assert "admin_password" not in auth, "the admin password comes from docker/.env, never from the image"
+    assert auth["admin_username"] == "admin" and int(auth["auth_cache_ttl_seconds"]) > 0
+    # the users survive a container re-creation: the auth DB is on the mlflow-auth volume, owned by uid mlflow
+    database = Path(auth["database_uri"].removeprefix("sqlite:///"))
+    assert auth["database_uri"].startswith("sqlite:////")
+    assert mounts(mlflow)[str(database.parent)] == "mlflow-auth"
+    assert f"install -d -o mlflow -m 700 {database.parent}" in dockerfile
+    # the tasks' login: one variable feeds the connection and the job that creates the user
+    raw = raw_compose["x-airflow-common"]["environment"]["AIRFLOW_CONN_MLFLOW_DEFAULT"]
+    assert "${MLFLOW_LOOPLINE_PASSWORD:?" in raw
+    users = raw_compose["services"]["mlflow-users"]["environment"]
+    assert users["MLFLOW_LOOPLINE_PASSWORD"].startswith("${MLFLOW_LOOPLINE_PASSWORD:?")
+    assert users["MLFLOW_ADMIN_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
+    assert compose["services"]["airflow-worker"]["depends_on"]["mlflow-users"] == {
+        "condition": "service_completed_successfully"
+    }
+    read = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from mlflow.server.auth.config import read_auth_config as r; print(r()._asdict())",
+        ],
+        env={**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(MLFLOW_AUTH_INI)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert read.returncode == 0, read.stderr
+    assert "'admin_password': None" in read.stdout and "'auth_cache_ttl_seconds': 60" in read.stdout
+
+
+def test_task_logs_are_shared_by_the_workers_and_the_api_server(compose: dict) -> None:
+    """No worker log server (its host name would not resolve): the api-server reads the shared log volume."""
+    env = compose["x-airflow-common"]["environment"]
+    folder = env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"]
+    for name in ("airflow-api-server", "airflow-worker", "airflow-scheduler", "airflow-triggerer"):
+        assert mounts(compose["services"][name]).get(folder) == "airflow-logs", name
+    assert "--skip-serve-logs" in command_of(compose["services"]["airflow-worker"])
+
+
+@pytest.fixture
+def auth_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """``mlflow server --app-name basic-auth`` with docker/mlflow/basic_auth.ini (the auth DB moved to
+    ``tmp_path``) and the admin password from the environment, as compose runs it; yields (url, admin password)."""
+    import requests
+
+    from ml.stack import free_port
+
+    ini = tmp_path / "basic_auth.ini"
+    ini.write_text(
+        MLFLOW_AUTH_INI.read_text().replace("/var/lib/mlflow-auth/", f"{tmp_path}/"), encoding="utf-8"
+    )
+    admin_password = "test-admin-password-0123"
+    port = free_port(28830)
+    env = {
+        **os.environ,
+        "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-flask-secret-key-0123456789",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    command = [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1"]
+    command += [
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'm.db'}",
+    ]
+    log = (tmp_path / "server.log").open("wb")
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if requests.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.5)
+        else:
+            pytest.fail(
+                f"the MLflow auth server did not start:\n{(tmp_path / 'server.log').read_text()[-2000:]}"
+            )
+        yield url, admin_password
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+        log.close()
+
+
+def test_mlflow_users_job_makes_the_tasks_login(auth_server: tuple[str, str], compose: dict) -> None:
+    """docker/mlflow/create_user.py against a real basic-auth server: refuses placeholders, creates, resets."""
+    import requests
+    from airflow.sdk import Connection
+
+    from loopline_airflow.runtime import mlflow_client_env
+
+    url, admin_password = auth_server
+    password = "test-loopline-password-0123"
+
+    def job(**overrides: str) -> subprocess.CompletedProcess:
+        env = {
+            "PATH": os.environ["PATH"],
+            "MLFLOW_TRACKING_URI": url,
+            "MLFLOW_ADMIN_PASSWORD": admin_password,
+            "MLFLOW_LOOPLINE_USER": "loopline",
+            "MLFLOW_LOOPLINE_PASSWORD": password,
+            **overrides,
+        }
+        return subprocess.run(
+            [sys.executable, str(CREATE_USER)], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    search = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+    refused = job(MLFLOW_LOOPLINE_PASSWORD=PLACEHOLDER)
+    assert refused.returncode == 1 and "MLFLOW_LOOPLINE_PASSWORD" in refused.stderr
+    assert requests.get(search, auth=("loopline", PLACEHOLDER), timeout=30).status_code == 401
+    first = job()
+    assert first.returncode == 0 and "created" in first.stdout, first.stderr
+    again = job()
+    assert again.returncode == 0 and "exists" in again.stdout, again.stderr
+    wrong_admin = job(MLFLOW_ADMIN_PASSWORD="test-not-the-admin-password")
+    assert wrong_admin.returncode == 1 and "refused" in wrong_admin.stderr
+    assert requests.get(search, timeout=30).status_code == 401, "anonymous requests must be refused"
+    assert requests.get(search, auth=("loopline", password), timeout=30).status_code == 200
+    # the connection compose gives the tasks turns into this server's address and that login
+    value = compose["x-airflow-common"]["environment"]["AIRFLOW_CONN_MLFLOW_DEFAULT"].replace(
+        PLACEHOLDER, password
+    )
+    client_env = mlflow_client_env(Connection.from_json(value, conn_id="mlflow_default"))
+    assert client_env == {
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+        "MLFLOW_TRACKING_USERNAME": "loopline",
+        "MLFLOW_TRACKING_PASSWORD": password,
+    }
 
 
 @pytest.mark.fast
@@ -646,6 +822,9 @@ def init_run(tmp_path: Path, compose: dict):
         AIRFLOW_ADMIN_PASSWORD='pa"ss word',
         AWS_ACCESS_KEY_ID="access",
         AWS_SECRET_ACCESS_KEY="secret-key",
+        AIRFLOW_CONN_MLFLOW_DEFAULT=base["AIRFLOW_CONN_MLFLOW_DEFAULT"].replace(
+            PLACEHOLDER, "test-mlflow-login"
+        ),
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(passwords),
         LOOPLINE_HOME=str(tmp_path / "home"),
     )
@@ -689,6 +868,7 @@ def test_init_writes_the_admin_password_and_migrates(init_run) -> None:
         ({"AIRFLOW__CORE__FERNET_KEY": "not-a-fernet-key"}, "Fernet"),
         ({"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True"}, "authentication off"),
         ({"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,ops:op"}, "no password for ops"),
+        ({"AIRFLOW_CONN_MLFLOW_DEFAULT": '{"password": "change-me"}'}, "MLFLOW_LOOPLINE_PASSWORD"),
     ],
 )
 def test_init_refuses_placeholders_and_unsafe_settings(init_run, overrides: dict, message: str) -> None:

@@ -162,6 +162,7 @@ def captured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[s
         monkeypatch.setattr(module, "migrate_airflow_db", lambda env, log_file: None)
         monkeypatch.setattr(module, "wait_healthy", lambda *args, **kwargs: None)
     monkeypatch.setattr(profiles, "wait_celery_workers", lambda *args, **kwargs: [])
+    monkeypatch.setattr(profiles, "ensure_service_user", lambda url, auth: None)  # nothing listens
     monkeypatch.setattr(stack.requests, "get", lambda *args, **kwargs: None)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     config_file = ROOT / "loopline.yaml"
@@ -205,6 +206,41 @@ def test_every_service_binds_127_0_0_1(captured: dict[str, Any]) -> None:
                     assert env["AIRFLOW__API__HOST"] == "127.0.0.1", where
                 if any(part in command for part in ("scheduler", "triggerer", "worker")):
                     assert "--skip-serve-logs" in command, f"{where}: its log server would listen on 0.0.0.0"
+
+
+@pytest.mark.fast
+def test_mlflow_requires_a_login_in_the_prod_profile(captured: dict[str, Any]) -> None:
+    import configparser
+    import json
+
+    with case(
+        "security", "prod MLflow runs basic auth (generated admin password); DAGs log in via a connection"
+    ):
+        command, env = captured["prod"]["mlflow-server"]
+        assert command[command.index("--app-name") + 1] == "basic-auth"
+        assert "MLFLOW_AUTH_ADMIN_PASSWORD" not in env, (
+            "the admin password comes from the 0600 config file only"
+        )
+        config_file = Path(env["MLFLOW_AUTH_CONFIG_PATH"])
+        assert stat.S_IMODE(config_file.stat().st_mode) == 0o600
+        home = Path(env["LOOPLINE_HOME"]) if "LOOPLINE_HOME" in env else config_file.parents[2]
+        assert config_file.is_relative_to(home)
+        settings = configparser.ConfigParser()
+        settings.read(config_file)
+        admin_password = settings["mlflow"]["admin_password"]
+        assert len(admin_password) >= 24 and admin_password not in {"password", "password1234", "admin"}
+        assert settings["mlflow"]["database_uri"] == f"sqlite:///{config_file.parent / 'basic_auth.db'}"
+        assert len(env["MLFLOW_FLASK_SERVER_SECRET_KEY"]) >= 32
+        for name, (_, airflow) in captured["prod"].items():
+            if not name.startswith(("airflow", "celery")):
+                continue
+            connection = json.loads(airflow["AIRFLOW_CONN_MLFLOW_DEFAULT"])
+            assert (connection["host"], connection["login"]) == ("127.0.0.1", "loopline"), name
+            assert connection["password"] not in (admin_password, "")
+            assert not {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} & set(
+                airflow
+            ), f"{name}: MLflow's address or login outside the connection"
+        assert "--app-name" not in captured["embedded"]["mlflow-ui"][0], "the local UI needs no login"
 
 
 @pytest.mark.fast

@@ -2,14 +2,19 @@
 
 PostgreSQL holds the Airflow metadata DB, the Celery result backend and the MLflow backend store (three fresh
 databases); Redis (a DB number of its own) is the Celery broker; a real ``airflow celery worker`` runs every task;
-the tasks reach the MLflow tracking server over HTTP only. The assertions of ``tests/e2e`` are reused as they are
-(loaded from that file), then the prod-specific ones follow.
+the tasks reach the MLflow tracking server over HTTP only, logged in through the Airflow connection
+``mlflow_default`` (the server runs MLflow's basic-auth app and refuses anonymous requests). The assertions of
+``tests/e2e`` are reused as they are (loaded from that file), then the prod-specific ones follow.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +35,7 @@ EXPECTED_PROCESSES = {
     "airflow-dag-processor",
     "airflow-triggerer",
     "celery-worker-1",
+    "loopline-serve",  # the demo's live scoring service
 }
 
 
@@ -100,6 +106,8 @@ def demo(prod: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iter
         finally:
             print("\n".join(lines))
             stack.stop()
+            for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # set by registry.connect
+                os.environ.pop(name, None)
 
 
 def _client(demo: dict[str, Any]) -> AirflowClient:
@@ -157,7 +165,62 @@ def test_mlflow_is_reached_over_http_only(demo: dict[str, Any]) -> None:
     assert model is not None
 
 
-def test_task_logs_are_served_by_the_api_server(demo: dict[str, Any]) -> None:
+def test_mlflow_refuses_anonymous_requests(demo: dict[str, Any]) -> None:
+    import requests
+
+    from ml import registry
+
+    url = registry.client_state(demo["paths"])["tracking_uri"]
+    for path in ("/api/2.0/mlflow/registered-models/search", "/ajax-api/2.0/mlflow/experiments/search", "/"):
+        assert requests.get(url + path, timeout=30).status_code == 401, path
+    assert requests.get(url + "/health", timeout=30).status_code == 200
+    password = (demo["paths"].mlflow_dir / "auth" / "admin_password").read_text()
+    logged_in = requests.get(
+        f"{url}/api/2.0/mlflow/registered-models/search", auth=("admin", password), timeout=30
+    )
+    assert logged_in.status_code == 200
+    assert demo["config"].model_name in logged_in.text
+
+
+def test_tasks_log_in_through_the_airflow_connection(demo: dict[str, Any]) -> None:
+    """The Airflow parts get MLflow's address and login only from the connection; the task log says which."""
+    environs = {}
+    for name, pid in demo["stack"].running().items():
+        if name.startswith(("airflow-", "celery-")):
+            entries = Path(f"/proc/{pid}/environ").read_text(errors="replace").split("\0")
+            environ = dict(entry.split("=", 1) for entry in entries if "=" in entry)
+            if "AIRFLOW_HOME" in environ:  # setproctitle (Celery, the scheduler) overwrites the initial one
+                environs[name] = environ
+    assert "airflow-dag-processor" in environs, sorted(environs)
+    for name, environ in environs.items():
+        connection = json.loads(environ["AIRFLOW_CONN_MLFLOW_DEFAULT"])
+        assert connection["login"] == "loopline" and connection["password"], name
+        assert not {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} & set(
+            environ
+        )
+    log = _task_log(demo, "train")
+    assert "as loopline (Airflow connection mlflow_default)" in log
+    assert connection["password"] not in log, "the MLflow password leaked into a task log"
+
+
+def test_status_and_history_need_no_mlflow_variable(demo: dict[str, Any]) -> None:
+    from ml import registry
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_TRACKING")}
+    env |= {"LOOPLINE_HOME": str(demo["paths"].home), "LOOPLINE_CONFIG": str(ROOT / "loopline.yaml")}
+    run = dict(env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    status = subprocess.run([sys.executable, "-m", "ml.cli", "status"], **run)
+    assert status.returncode == 0, status.stderr[-2000:]
+    champion = registry.champion(demo["config"])
+    assert champion is not None
+    assert json.loads(status.stdout)["champion"]["version"] == champion.version
+    history = subprocess.run([sys.executable, "-m", "ml.cli", "history"], **run)
+    assert history.returncode == 0, history.stderr[-2000:]
+    assert f"-> v{champion.version}" in history.stdout
+
+
+def _task_log(demo: dict[str, Any], task_id: str) -> str:
+    """The first try's log of ``task_id`` in the first successful loopline_train run, through the REST API."""
     client = _client(demo)
     run_id = next(
         r["run_id"]
@@ -165,12 +228,16 @@ def test_task_logs_are_served_by_the_api_server(demo: dict[str, Any]) -> None:
         if r["dag_id"] == "loopline_train" and r["state"] == "success"
     )
     response = client.session.get(
-        f"{client.base_url}/api/v2/dags/loopline_train/dagRuns/{run_id}/taskInstances/promote/logs/1",
+        f"{client.base_url}/api/v2/dags/loopline_train/dagRuns/{run_id}/taskInstances/{task_id}/logs/1",
         headers={"Accept": "application/json"},
         timeout=30,
     )
     assert response.status_code == 200, response.text[:300]
-    assert "promot" in response.text.lower()
+    return response.text
+
+
+def test_task_logs_are_served_by_the_api_server(demo: dict[str, Any]) -> None:
+    assert "promot" in _task_log(demo, "promote").lower()
 
 
 def test_every_listening_socket_is_on_loopback(demo: dict[str, Any]) -> None:
