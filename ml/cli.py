@@ -179,7 +179,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     if not args.batch:
         raise ValueError(f"`loopline quarantine {args.action}` needs the batch, e.g. 2025-05")
     if args.action == "release":
-        target = landing_path(config, paths, args.batch)
+        target = landing_path(config, paths, args.batch, extract=False)
         quality.release(folder / args.batch, target)
         print(
             f"released {args.batch} to {target}; ingest it again (trigger loopline_ingest with batch={args.batch})"
