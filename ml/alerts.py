@@ -8,7 +8,9 @@ the platform took, where the report is and which runbook section applies. Every 
 from __future__ import annotations
 
 import json
+import os
 import smtplib
+import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -192,15 +194,26 @@ def send_email(config: AlertsConfig, alert: dict[str, Any], timeout: float = 10.
     if not config.smtp_host or not config.email_to:
         return
     server = f"SMTP server {config.smtp_host}:{config.smtp_port}"
+    password = os.environ.get(config.smtp_password_env) if config.smtp_user else None
+    if config.smtp_user and not password:
+        raise DeliveryError(
+            f"{server}: alerts.smtp_user is {config.smtp_user!r} but ${config.smtp_password_env} is not set "
+            "(export the password there, or change alerts.smtp_password_env)"
+        )
     try:
         with smtplib.SMTP(config.smtp_host, config.smtp_port, timeout=timeout) as smtp:
+            if config.smtp_starttls:
+                smtp.starttls(context=ssl.create_default_context())
+            if config.smtp_user and password:
+                smtp.login(config.smtp_user, password)
             refused = smtp.send_message(email_message(config, alert))
     except smtplib.SMTPRecipientsRefused as exc:
         raise DeliveryError(f"{server} refused every recipient: {_refusals(exc.recipients)}") from exc
     except (smtplib.SMTPException, OSError) as exc:
         raise DeliveryError(
             f"{server} failed: {type(exc).__name__}: {exc} "
-            "(check alerts.smtp_host and alerts.smtp_port, and that the server is up)"
+            "(check alerts.smtp_host, alerts.smtp_port, alerts.smtp_starttls and alerts.smtp_user, "
+            "and that the server is up)"
         ) from exc
     if refused:
         raise DeliveryError(f"{server} refused {_refusals(refused)}; the other recipients got the alert")

@@ -216,6 +216,12 @@ class AlertsConfig(_Strict):
     email_to: list[str] = Field(default_factory=list)
     smtp_host: str | None = None
     smtp_port: int = 25
+    smtp_starttls: bool = Field(default=False, description="Upgrade the SMTP connection with STARTTLS first.")
+    smtp_user: str | None = Field(default=None, description="Log in to the SMTP server as this user.")
+    smtp_password_env: str = Field(
+        default="LOOPLINE_SMTP_PASSWORD",
+        description="Environment variable holding smtp_user's password (never the password itself).",
+    )
     email_from: str = "loopline@localhost"
     runbook_url: str = "docs/runbook.md"
 

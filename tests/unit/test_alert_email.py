@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 from test_alerts import make_alert, use_config
 
 from ml import alerts
@@ -171,7 +172,7 @@ def test_smtp_server_down_keeps_the_alert_in_the_log_and_says_why(tmp_path: Path
     assert (
         f"email to oncall@example.org: SMTP server 127.0.0.1:{port} failed: ConnectionRefusedError" in message
     )
-    assert "check alerts.smtp_host and alerts.smtp_port" in message
+    assert "check alerts.smtp_host, alerts.smtp_port" in message
     [entry] = _logged(alert_log)
     assert entry["title"] == "[CRITICAL] drift in loans batch 2025-08" and entry["top_features"] == TOP
 
@@ -202,3 +203,48 @@ def test_grouped_alert_is_logged_but_not_mailed(inbox: Inbox, tmp_path: Path, mo
     _notify(make_alert("2025-09", TOP), grouped=True)
     assert [m["X-Loopline-Batch"] for _, _, m in inbox.mails] == ["2025-08"]
     assert [(e["batch"], e["grouped"]) for e in _logged(alert_log)] == [("2025-08", False), ("2025-09", True)]
+
+
+@pytest.fixture
+def login_inbox() -> Iterator[Inbox]:
+    """A real SMTP server that only takes mail after AUTH as ``alerts`` / ``s3cret``."""
+
+    def authenticate(server, session, envelope, mechanism, auth_data) -> AuthResult:
+        def text(value: bytes | str) -> str:
+            return value.decode() if isinstance(value, bytes) else value
+
+        ok = isinstance(auth_data, LoginPassword) and (text(auth_data.login), text(auth_data.password)) == (
+            "alerts",
+            "s3cret",
+        )
+        return AuthResult(success=ok, handled=False)  # the server answers 235 or 535 itself
+
+    received = Inbox(_free_port())
+    controller = Controller(
+        received,
+        hostname="127.0.0.1",
+        port=received.port,
+        authenticator=authenticate,
+        auth_required=True,
+        auth_require_tls=False,
+    )
+    controller.start()
+    yield received
+    controller.stop()
+
+
+def test_smtp_login_with_the_password_from_the_environment(
+    login_inbox: Inbox, tmp_path: Path, monkeypatch
+) -> None:
+    section = _email_config(login_inbox.port, ["oncall@example.org"], smtp_user="alerts")
+    alert_log = use_config(tmp_path, monkeypatch, section)
+    monkeypatch.delenv("LOOPLINE_SMTP_PASSWORD", raising=False)
+    with pytest.raises(alerts.AlertNotDelivered, match=r"\$LOOPLINE_SMTP_PASSWORD is not set"):
+        _notify(make_alert(features=TOP))
+    monkeypatch.setenv("LOOPLINE_SMTP_PASSWORD", "wrong")
+    with pytest.raises(alerts.AlertNotDelivered, match="SMTPAuthenticationError"):
+        _notify(make_alert(features=TOP))
+    assert login_inbox.mails == [] and len(_logged(alert_log)) == 2
+    monkeypatch.setenv("LOOPLINE_SMTP_PASSWORD", "s3cret")
+    _notify(make_alert(features=TOP))
+    assert [m["Subject"] for _, _, m in login_inbox.mails] == ["[CRITICAL] drift in loans batch 2025-08"]
