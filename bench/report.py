@@ -262,6 +262,15 @@ def markdown(results: dict[str, Any]) -> str:
         if parse.get("scheduler_reported"):
             reported = ", ".join(f"{k} {_fmt(v)} s" for k, v in parse["scheduler_reported"].items())
             out += ["", f"Reported by the loop's own dag-processor (`last_parse_duration`): {reported}."]
+    if results.get("out_of_core"):
+        from bench.outofcore import table
+
+        out += [
+            "",
+            "## Out of core on one worker (local engine, issue 10)",
+            "",
+            table(results["out_of_core"]),
+        ]
     loop = results.get("loop")
     if loop:
         out += ["", "## Loop latency (embedded stack)", ""]

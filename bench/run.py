@@ -76,8 +76,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip",
         nargs="+",
         default=[],
-        choices=["evidently", "loop", "parse", "profile", "monitor"],
+        choices=["evidently", "loop", "parse", "profile", "monitor", "outofcore"],
         help="leave parts out",
+    )
+    parser.add_argument(
+        "--ooc-budget-mb", type=int, default=64, help="engine.memory_budget_mb of the out-of-core section"
+    )
+    parser.add_argument(
+        "--ooc-factor",
+        type=float,
+        help="out-of-core inputs as a multiple of the budget (default 10; quick 1.5)",
     )
     parser.add_argument("--port", type=int, default=LOOP_PORT, help="Airflow API port of the loop test")
     parser.add_argument(
@@ -103,6 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         opts.evidently_rows = opts.evidently_rows or min(opts.sizes)
         opts.repeats = 1
         opts.skip = sorted({*opts.skip, "loop", "profile", "monitor"})
+        opts.ooc_factor = opts.ooc_factor or 1.5
+    opts.ooc_factor = opts.ooc_factor or 10.0
     opts.sizes = sorted(set(opts.sizes or DEFAULT_SIZES))
     opts.compare_rows = opts.compare_rows or DEFAULT_COMPARE_ROWS
     opts.evidently_rows = opts.evidently_rows or EVIDENTLY_ROWS
@@ -368,6 +378,25 @@ class Bench:
         finally:
             Stack(Paths(home)).stop()
 
+    def out_of_core(self) -> None:
+        """The local engine streaming over inputs ``--ooc-factor`` x its budget, vs in memory (bench.outofcore)."""
+        from bench import outofcore
+
+        self.say(
+            f"out of core: budget {self.opts.ooc_budget_mb} MiB, inputs {self.opts.ooc_factor}x the budget"
+        )
+        settings = outofcore.parse_args(
+            [
+                "--budget-mb",
+                str(self.opts.ooc_budget_mb),
+                "--factor",
+                str(self.opts.ooc_factor),
+                "--workdir",
+                str(self.workdir / "out-of-core"),
+            ]
+        )
+        self.extra["out_of_core"] = outofcore.run(settings)
+
     def omp_probe(self) -> None:
         """The same small bare XGBoost training with spinning (default) and sleeping (passive) OpenMP threads."""
         rows = min(self.files)
@@ -455,6 +484,8 @@ class Bench:
             self.guarded("DAG parse", self.dag_parse)
         if "loop" not in opts.skip:
             self.guarded("loop latency", self.loop)
+        if "outofcore" not in opts.skip:
+            self.guarded("out of core", self.out_of_core)
         if not opts.quick:
             self.guarded("OpenMP probe", self.omp_probe)
         machine["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
@@ -516,6 +547,7 @@ class Bench:
         results["omp_probe"] = self.extra.get("omp_probe")
         results["dag_parse"] = self.parse_summary()
         results["loop"] = self.loop_summary()
+        results["out_of_core"] = self.extra.get("out_of_core")
         results["targets"] = self.targets(results)
         return results
 

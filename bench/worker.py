@@ -138,7 +138,8 @@ def drift_loopline(args: Args) -> dict[str, Any]:
     t0 = time.perf_counter()
     profile = json.loads(Path(args["profile"]).read_text())
     t1 = time.perf_counter()
-    frame = Lake(paths.lake).read(config.dataset.name, [args["batch"]])
+    columns = drift.summary_columns(profile) if hasattr(drift, "summary_columns") else None
+    frame = Lake(paths.lake).read(config.dataset.name, [args["batch"]], columns)  # as the monitor reads it
     t2 = time.perf_counter()
     result = drift.compare(profile, frame, None, args["batch"], config.drift)
     t3 = time.perf_counter()
@@ -572,6 +573,60 @@ def omp_probe(args: Args) -> dict[str, Any]:
 
 
 @task
+@task
+def out_of_core_step(args: Args) -> dict[str, Any]:
+    """One local-engine step (gate, train, drift, score) with ``engine.out_of_core`` = ``args["mode"]``.
+
+    ``train`` saves its booster and profile under ``args["model"]`` for the drift and score steps of the same
+    mode; ``imports`` only imports what the steps import (the fixed part of every child's peak RSS).
+    """
+    import xgboost as xgb
+
+    from ml import train
+    from ml.engines.local import LocalEngine
+
+    if args["step"] == "imports":
+        import great_expectations  # noqa: F401
+
+        return {"rows": 1, "seconds": 1.0, "out_of_core": False}
+    config, paths = _setup(args)
+    engine = config.engine.model_copy(update={"out_of_core": args["mode"]})
+    local = LocalEngine(config.model_copy(update={"engine": engine}), paths)
+    model = Path(args["model"])
+    step, window, batch = args["step"], args["window"], args["batch"]
+    started = time.perf_counter()
+    if step == "gate":
+        result = local.validate(window, "ooc")
+        found: dict[str, Any] = {"passed": result.passed, "failed": [f.describe() for f in result.critical]}
+        rows, streamed = (
+            sum(local.lake.partition(local.table, b).rows for b in window),
+            local.out_of_core(window),
+        )
+    elif step == "train":
+        params = train.hyperparameters(config.training)
+        trained = local.train(window, params)
+        model.mkdir(parents=True, exist_ok=True)
+        trained.booster.save_model(model / "booster.ubj")
+        (model / "profile.json").write_text(json.dumps(trained.profile))
+        found = {"train_rows": trained.train_rows, "holdout_rows": len(trained.holdout)}
+        found["train_roc_auc"] = trained.train_metrics["roc_auc"]
+        rows, streamed = trained.train_rows, trained.lineage["loopline.out_of_core"] == "yes"
+    else:
+        booster = xgb.Booster()
+        booster.load_model(model / "booster.ubj")
+        streamed = local.out_of_core([batch])
+        started = time.perf_counter()
+        if step == "drift":
+            profile = json.loads((model / "profile.json").read_text())
+            monitored = local.monitor(batch, booster, profile)
+            found = {"verdict": monitored.drift.verdict, "drifted": _drifted(monitored.drift)}
+            rows = monitored.rows
+        else:
+            summary = local.score(batch, booster, "1")
+            found, rows = {"roc_auc": summary.get("roc_auc")}, summary["rows"]
+    return {"seconds": time.perf_counter() - started, "rows": rows, "out_of_core": bool(streamed), **found}
+
+
 def loop_latency(args: Args) -> dict[str, Any]:
     """New batch lands -> monitor -> retrain -> new champion, through the embedded Airflow (``bench.loop``)."""
     from bench import loop

@@ -20,6 +20,7 @@ do; ``info`` means something moved, too little to alert. Below ``drift.min_rows`
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -41,6 +42,12 @@ _EPS = 1e-4
 _OTHER = "__unseen__"
 _MIN_EXPECTED = 5.0
 SCORE = "__score__"
+MAX_UNSEEN = 20
+SCORE_BINS = 10_000
+"""Equal-width score bins of a summary's histogram, for the CBPE estimate (ties within a bin count one half)."""
+KS_ASYMPTOTIC_N = 10_000
+"""Above this effective sample size the KS p-value uses Kolmogorov's limit distribution (scipy's exact
+finite-n one costs ~1 s per call at n=500k and agrees to three significant digits there)."""
 
 
 def _as_float(values: pd.Series | np.ndarray) -> np.ndarray:
@@ -57,21 +64,14 @@ def _numeric_edges(values: np.ndarray, bins: int) -> list[float]:
     return [float(e) for e in edges]
 
 
-def _numeric_shares(values: np.ndarray, edges: list[float]) -> tuple[list[float], float]:
-    """Shares of the non-missing values in each bin (len(edges)+1 bins) and the missing rate."""
-    missing = ~np.isfinite(values)
-    present = values[~missing]
-    counts = np.bincount(np.searchsorted(np.asarray(edges), present, side="right"), minlength=len(edges) + 1)
-    total = max(int(present.size), 1)
-    return [float(c) / total for c in counts], float(missing.mean()) if values.size else 0.0
+def _ks_grid(ordered: np.ndarray, points: int) -> tuple[list[float], list[float], bool]:
+    """Reference CDF P(X <= g) on a grid: every distinct value when there are few, else ``points`` quantiles.
 
-
-def _ks_grid(present: np.ndarray, points: int) -> tuple[list[float], list[float], bool]:
-    """Reference CDF P(X <= g) on a grid: every distinct value when there are few, else ``points`` quantiles."""
-    if present.size == 0:
+    ``ordered`` holds the present values, sorted.
+    """
+    if ordered.size == 0:
         return [], [], True
-    ordered = np.sort(present)
-    distinct = np.unique(ordered)
+    distinct = ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])]
     exact = distinct.size <= points
     grid = (
         distinct
@@ -82,16 +82,30 @@ def _ks_grid(present: np.ndarray, points: int) -> tuple[list[float], list[float]
     return [float(g) for g in grid], [round(float(c), 7) for c in cdf], bool(exact)
 
 
-def _numeric_profile(values: np.ndarray, bins: int) -> dict[str, Any]:
-    edges = _numeric_edges(values, bins)
-    shares, missing = _numeric_shares(values, edges)
-    present = values[np.isfinite(values)]
+def _category_key(value: Any) -> str:
+    """A category as text; 3.0 and 3 are the same category (integer codes read back as floats)."""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def numeric_profile(values: pd.Series | np.ndarray, bins: int) -> dict[str, Any]:
+    """One numeric column's reference entry (quantile edges and shares, KS grid and CDF), exact on ``values``.
+
+    It needs the whole column at once (quantiles are not mergeable exactly): the streaming path calls it one
+    column at a time, so memory is bounded by one column (8 bytes per row), never by the window.
+    """
+    values = _as_float(values)
+    present = np.sort(values[np.isfinite(values)])
+    edges = _numeric_edges(present, bins)
+    counts = np.diff(np.searchsorted(present, np.asarray(edges), side="left"), prepend=0, append=present.size)
+    total = max(int(present.size), 1)
     grid, cdf, exact = _ks_grid(present, KS_POINTS)
     return {
         "kind": "numeric",
         "edges": edges,
-        "shares": shares,
-        "missing_rate": missing,
+        "shares": [float(c) / total for c in counts],
+        "missing_rate": float((values.size - present.size) / values.size) if values.size else 0.0,
         "rows": int(values.size),
         "count": int(present.size),
         "grid": grid,
@@ -102,26 +116,31 @@ def _numeric_profile(values: np.ndarray, bins: int) -> dict[str, Any]:
     }
 
 
-def _category_key(value: Any) -> str:
-    """A category as text; 3.0 and 3 are the same category (integer codes read back as floats)."""
-    if isinstance(value, float | np.floating) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _category_counts(values: pd.Series) -> dict[str, int]:
-    """Rows per category among the non-missing values, most frequent first."""
+def category_counts(values: pd.Series | np.ndarray) -> dict[str, int]:
+    """Rows per category among the non-missing values, keyed as text (mergeable: add the counts)."""
+    series = values if isinstance(values, pd.Series) else pd.Series(values)
     counts: dict[str, int] = {}
-    for value, count in values.value_counts(dropna=True).items():
+    for value, count in series.value_counts(dropna=True).items():
         if count > 0:
             key = _category_key(value)
             counts[key] = counts.get(key, 0) + int(count)
     return counts
 
 
-def _categorical_profile(values: pd.Series) -> dict[str, Any]:
-    """Category shares among the non-missing values (the most frequent ``MAX_CATEGORIES``), missing rate."""
-    counts = _category_counts(values)
+def merge_counts(*parts: dict[str, int]) -> dict[str, int]:
+    """The sum of several ``category_counts`` results."""
+    merged: dict[str, int] = {}
+    for part in parts:
+        for key, count in part.items():
+            merged[key] = merged.get(key, 0) + count
+    return merged
+
+
+def categorical_profile(counts: dict[str, int], rows: int) -> dict[str, Any]:
+    """One categorical column's reference entry from its merged category counts and row count.
+
+    Shares among the non-missing values (the most frequent ``MAX_CATEGORIES``), the missing rate.
+    """
     present = sum(counts.values())
     shares = {k: v / present for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
     truncated = len(shares) > MAX_CATEGORIES
@@ -131,10 +150,43 @@ def _categorical_profile(values: pd.Series) -> dict[str, Any]:
         "shares": kept,
         "other_share": float(1 - sum(kept.values())) if truncated else 0.0,
         "truncated": truncated,
-        "missing_rate": 1 - present / len(values) if len(values) else 0.0,
-        "rows": len(values),
+        "missing_rate": 1 - present / rows if rows else 0.0,
+        "rows": rows,
         "count": present,
     }
+
+
+def assemble_profile(
+    columns: dict[str, dict[str, Any]],
+    scores: np.ndarray,
+    rows: int,
+    bins: int,
+    *,
+    importance: dict[str, float] | None = None,
+    calibration: tuple[np.ndarray, np.ndarray] | None = None,
+    calibration_method: Literal["platt", "isotonic"] = "platt",
+) -> dict[str, Any]:
+    """The profile document from per-column entries (``numeric_profile``/``categorical_profile``) and scores.
+
+    The engines build the column entries their own way (in memory, column by column, or in Spark) and share
+    this assembly, so every engine writes the same document.
+    """
+    from ml import performance
+
+    profile: dict[str, Any] = {
+        "version": PROFILE_VERSION,
+        "rows": rows,
+        "bins": bins,
+        "columns": {**columns, SCORE: numeric_profile(_as_float(scores), bins)},
+    }
+    if importance:
+        profile["importance"] = {str(k): float(v) for k, v in importance.items()}
+    if calibration is not None:
+        held_scores, held_labels = (np.asarray(a, dtype="float64") for a in calibration)
+        fitted = performance.fit_calibration(held_scores, held_labels, calibration_method)
+        profile["calibration"] = fitted
+        profile["performance"] = performance.reference_performance(held_scores, held_labels, fitted)
+    return profile
 
 
 def build_profile(
@@ -153,28 +205,18 @@ def build_profile(
     ``(scores, labels)`` on rows the model did not train on (the holdout): a calibration map is fitted on them
     and the label-free AUC estimate (CBPE) of every monitored batch is compared with theirs.
     """
-    from ml import performance
-
-    columns: dict[str, Any] = {}
-    for column in spec.numeric:
-        columns[column] = _numeric_profile(_as_float(frame[column]), bins)
+    columns: dict[str, Any] = {column: numeric_profile(frame[column], bins) for column in spec.numeric}
     for column in spec.categorical:
-        columns[column] = _categorical_profile(frame[column])
-    columns[SCORE] = _numeric_profile(_as_float(scores), bins)
-    profile: dict[str, Any] = {
-        "version": PROFILE_VERSION,
-        "rows": len(frame),
-        "bins": bins,
-        "columns": columns,
-    }
-    if importance:
-        profile["importance"] = {str(k): float(v) for k, v in importance.items()}
-    if calibration is not None:
-        held_scores, held_labels = (np.asarray(a, dtype="float64") for a in calibration)
-        fitted = performance.fit_calibration(held_scores, held_labels, calibration_method)
-        profile["calibration"] = fitted
-        profile["performance"] = performance.reference_performance(held_scores, held_labels, fitted)
-    return profile
+        columns[column] = categorical_profile(category_counts(frame[column]), len(frame))
+    return assemble_profile(
+        columns,
+        scores,
+        len(frame),
+        bins,
+        importance=importance,
+        calibration=calibration,
+        calibration_method=calibration_method,
+    )
 
 
 def psi(reference: np.ndarray, current: np.ndarray) -> float:
@@ -216,7 +258,10 @@ def ks_statistic(
 
 
 def ks_p_value(statistic: Any, reference_count: Any, current_count: Any) -> np.ndarray:
-    """Smirnov's two-sided asymptotic p-value, as ``scipy.stats.ks_2samp(method="asymp")`` (vectorised)."""
+    """Smirnov's two-sided asymptotic p-value, as ``scipy.stats.ks_2samp(method="asymp")`` (vectorised).
+
+    Kolmogorov's limit distribution above ``KS_ASYMPTOTIC_N`` effective rows, scipy's finite-n one below.
+    """
     d, m, n = (
         np.atleast_1d(np.asarray(a, dtype="float64")) for a in (statistic, reference_count, current_count)
     )
@@ -224,8 +269,12 @@ def ks_p_value(statistic: Any, reference_count: Any, current_count: Any) -> np.n
     valid = (m > 0) & (n > 0)
     effective = np.maximum(np.round(m * n / np.where(valid, m + n, 1.0)), 1.0)
     p = np.ones(d.shape)
-    if valid.any():
-        p[valid] = np.clip(stats.kstwo.sf(d[valid], effective[valid]), 0.0, 1.0)
+    large = valid & (effective > KS_ASYMPTOTIC_N)
+    small = valid & ~large
+    if small.any():
+        p[small] = np.clip(stats.kstwo.sf(d[small], effective[small]), 0.0, 1.0)
+    if large.any():
+        p[large] = np.clip(stats.kstwobign.sf(d[large] * np.sqrt(effective[large])), 0.0, 1.0)
     return p
 
 
@@ -396,47 +445,6 @@ def _reference_cdf_at(ref: dict[str, Any], points: np.ndarray) -> np.ndarray:
     return np.interp(points, grid, cdf, left=0.0, right=1.0)
 
 
-def _numeric_plot(ref: dict[str, Any], present: np.ndarray) -> dict[str, Any]:
-    """Reference vs current shares of the non-missing values, on value bins (or per value when few)."""
-    grid = np.asarray(ref["grid"], dtype="float64")
-    if grid.size == 0:
-        return {}
-    if ref.get("exact") and grid.size <= PLOT_BINS:
-        reference = np.diff(np.asarray(ref["cdf"], dtype="float64"), prepend=0.0)
-        index = np.clip(np.searchsorted(grid, present), 0, grid.size - 1)
-        hit = grid[index] == present
-        current = np.bincount(index[hit], minlength=grid.size) / max(present.size, 1)
-        labels = [f"{g:.4g}" for g in grid]
-        other = float(1 - hit.mean()) if present.size else 0.0
-        if other > 0:  # values the reference never had
-            labels, reference, current = (
-                [*labels, "(other)"],
-                np.append(reference, 0.0),
-                np.append(current, other),
-            )
-        return {
-            "type": "values",
-            "labels": labels,
-            "reference": reference.tolist(),
-            "current": current.tolist(),
-        }
-    cdf = np.asarray(ref["cdf"], dtype="float64")
-    lo, hi = np.interp([0.005, 0.995], cdf, grid) if not ref.get("exact") else (grid[0], grid[-1])
-    if hi <= lo:
-        lo, hi = grid[0], grid[-1] if grid[-1] > grid[0] else grid[0] + 1.0
-    edges = np.linspace(lo, hi, PLOT_BINS + 1)
-    at_edges = _reference_cdf_at(ref, edges[1:-1])
-    reference = np.diff(np.concatenate([[0.0], at_edges, [1.0]]))
-    index = np.searchsorted(edges[1:-1], present, side="left")
-    current = np.bincount(index, minlength=PLOT_BINS) / max(present.size, 1)
-    return {
-        "type": "bins",
-        "edges": edges.tolist(),
-        "reference": reference.tolist(),
-        "current": current.tolist(),
-    }
-
-
 def _categorical_plot(labels: list[str], ref_full: np.ndarray, cur_full: np.ndarray) -> dict[str, Any]:
     """Shares of all rows per category (the 15 largest, in reference order), the rest as "(other)"."""
     names = [*("(unseen)" if label == _OTHER else label for label in labels), "(missing)"]
@@ -458,36 +466,342 @@ def _categorical_plot(labels: list[str], ref_full: np.ndarray, cur_full: np.ndar
     }
 
 
-def _measure_numeric(ref: dict[str, Any], values: np.ndarray) -> dict[str, Any]:
-    missing_mask = ~np.isfinite(values)
-    present = values[~missing_mask]
-    cur_shares, missing = _numeric_shares(values, ref["edges"])
-    ref_rows = int(ref.get("rows") or 0)
-    ref_count = int(ref.get("count", round(ref_rows * (1 - ref["missing_rate"]))))
-    strict = "grid" not in ref
-    if strict:  # a profile saved before version 2: the decile edges are the grid, with P(X < edge)
-        ref = {**ref, "grid": ref["edges"], "cdf": list(np.cumsum(ref["shares"])[:-1]), "exact": False}
+def _reference_of(ref: dict[str, Any]) -> dict[str, Any]:
+    """A numeric reference entry with a KS grid: profiles saved before version 2 use their decile edges."""
+    if "grid" in ref:
+        return ref
+    cdf = [float(c) for c in np.cumsum(ref["shares"])[:-1]]
+    return {**ref, "grid": ref["edges"], "cdf": cdf, "exact": False, "strict": True}
+
+
+def _plot_edges(ref: dict[str, Any]) -> np.ndarray | None:
+    """The report histogram's bin edges of a numeric column (None: one bar per reference value)."""
+    grid = np.asarray(ref["grid"], dtype="float64")
+    if grid.size == 0 or (ref.get("exact") and grid.size <= PLOT_BINS):
+        return None
+    cdf = np.asarray(ref["cdf"], dtype="float64")
+    lo, hi = np.interp([0.005, 0.995], cdf, grid) if not ref.get("exact") else (grid[0], grid[-1])
+    if hi <= lo:
+        lo, hi = grid[0], grid[-1] if grid[-1] > grid[0] else grid[0] + 1.0
+    return np.linspace(lo, hi, PLOT_BINS + 1)
+
+
+def _summary_points(ref: dict[str, Any]) -> np.ndarray:
+    """Every value a numeric column's counts are taken at: PSI edges, the KS grid and the plot's bin edges."""
+    edges = _plot_edges(ref)
+    parts = [np.asarray(ref["edges"], dtype="float64"), np.asarray(ref["grid"], dtype="float64")]
+    if edges is not None:
+        parts.append(edges[1:-1])
+    return np.unique(np.concatenate(parts))
+
+
+def _locate(points: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(points, values, side="left")`` for unsorted values, in O(1) per value mostly.
+
+    Values are bucketed by arithmetic into cells over the points' range; only the values whose cell also holds
+    a point need a binary search. The cell map is monotone, so the result is exactly searchsorted's.
+    """
+    k = points.size
+    if k < 8 or values.size < 10_000 or not points[-1] > points[0]:
+        return np.searchsorted(points, values, side="left")
+    cells = min(256 * k, 1 << 16)
+    lo, scale = points[0], cells / (points[-1] - points[0])
+
+    def cell(x: np.ndarray) -> np.ndarray:
+        found = x - lo
+        found *= scale
+        np.floor(found, out=found)
+        np.clip(found, -1, cells, out=found)
+        return found.astype(np.intp) + 1
+
+    point_cells = cell(points)
+    below = np.searchsorted(point_cells, np.arange(cells + 2), side="left")
+    shared = np.bincount(point_cells, minlength=cells + 2) > 0
+    value_cells = cell(values)
+    index = below[value_cells]
+    ambiguous = np.flatnonzero(shared[value_cells])
+    if ambiguous.size:
+        index[ambiguous] = np.searchsorted(points, values[ambiguous], side="left")
+    return index
+
+
+@dataclass
+class NumericCounts:
+    """One numeric column of a batch summary: counts at the profile's points (``_summary_points``)."""
+
+    rows: int
+    present: int
+    at_or_below: np.ndarray
+    """Present values <= each point."""
+    equal: np.ndarray
+    """Present values == each point."""
+
+    @classmethod
+    def of(cls, points: np.ndarray, values: np.ndarray) -> NumericCounts:
+        finite = np.isfinite(values)
+        present = values if finite.all() else values[finite]
+        index = _locate(points, present)
+        equal_mask = np.append(points, np.nan)[index] == present
+        at_or_below = np.cumsum(np.bincount(index, minlength=points.size + 1))[: points.size]
+        equal = np.bincount(index[equal_mask], minlength=points.size)
+        return cls(int(values.size), int(present.size), at_or_below.astype(np.int64), equal.astype(np.int64))
+
+    def merge(self, other: NumericCounts) -> NumericCounts:
+        return NumericCounts(
+            self.rows + other.rows,
+            self.present + other.present,
+            self.at_or_below + other.at_or_below,
+            self.equal + other.equal,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "present": self.present,
+            "at_or_below": self.at_or_below.tolist(),
+            "equal": self.equal.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> NumericCounts:
+        return cls(
+            int(raw["rows"]),
+            int(raw["present"]),
+            np.asarray(raw["at_or_below"], dtype=np.int64),
+            np.asarray(raw["equal"], dtype=np.int64),
+        )
+
+
+@dataclass
+class CategoryCounts:
+    """One categorical column of a batch summary: counts of the reference categories and of unseen ones."""
+
+    rows: int
+    known: np.ndarray
+    """Rows per reference category, in the profile's order."""
+    unseen_rows: int
+    unseen: list[str]
+    """The alphabetically first ``MAX_UNSEEN`` unseen categories (enough for the report)."""
+
+    @classmethod
+    def of(cls, categories: list[str], values: pd.Series | np.ndarray) -> CategoryCounts:
+        found = category_counts(values)
+        known = np.array([found.pop(c, 0) for c in categories], dtype=np.int64)
+        return cls(len(values), known, sum(found.values()), sorted(found)[:MAX_UNSEEN])
+
+    def merge(self, other: CategoryCounts) -> CategoryCounts:
+        unseen = sorted(set(self.unseen) | set(other.unseen))[:MAX_UNSEEN]
+        return CategoryCounts(
+            self.rows + other.rows, self.known + other.known, self.unseen_rows + other.unseen_rows, unseen
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "known": self.known.tolist(),
+            "unseen_rows": self.unseen_rows,
+            "unseen": self.unseen,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> CategoryCounts:
+        known = np.asarray(raw["known"], dtype=np.int64)
+        return cls(int(raw["rows"]), known, int(raw["unseen_rows"]), list(raw["unseen"]))
+
+
+@dataclass
+class ScoreHistogram:
+    """The scores on ``SCORE_BINS`` equal-width bins of [0, 1]: count and sum per bin (for the CBPE estimate)."""
+
+    counts: np.ndarray
+    sums: np.ndarray
+
+    @classmethod
+    def of(cls, scores: np.ndarray) -> ScoreHistogram:
+        finite = scores[np.isfinite(scores)]
+        index = np.clip((finite * SCORE_BINS).astype(np.intp), 0, SCORE_BINS - 1)
+        return cls(
+            np.bincount(index, minlength=SCORE_BINS).astype(np.int64),
+            np.bincount(index, weights=finite, minlength=SCORE_BINS),
+        )
+
+    def merge(self, other: ScoreHistogram) -> ScoreHistogram:
+        return ScoreHistogram(self.counts + other.counts, self.sums + other.sums)
+
+    def to_dict(self) -> dict[str, Any]:
+        used = np.flatnonzero(self.counts)
+        return {"bins": used.tolist(), "counts": self.counts[used].tolist(), "sums": self.sums[used].tolist()}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ScoreHistogram:
+        counts, sums = np.zeros(SCORE_BINS, dtype=np.int64), np.zeros(SCORE_BINS)
+        counts[raw["bins"]] = raw["counts"]
+        sums[raw["bins"]] = raw["sums"]
+        return cls(counts, sums)
+
+
+@dataclass
+class BatchSummary:
+    """Everything ``compare_summary`` needs of a batch, as counts against one profile: mergeable, JSON-ready.
+
+    Summaries of disjoint chunks of a batch (record batches, Spark partitions) merge into the summary of the
+    whole batch exactly (``merge`` adds counts), so a streaming or distributed pass equals the in-memory one.
+    """
+
+    rows: int
+    numeric: dict[str, NumericCounts] = field(default_factory=dict)
+    categorical: dict[str, CategoryCounts] = field(default_factory=dict)
+    scores: ScoreHistogram | None = None
+
+    def merge(self, other: BatchSummary) -> BatchSummary:
+        """The summary of both chunks together (both summarised against the same profile)."""
+        if set(self.numeric) != set(other.numeric) or set(self.categorical) != set(other.categorical):
+            raise ValueError("cannot merge summaries of different columns")
+        if (self.scores is None) != (other.scores is None):
+            raise ValueError("cannot merge a summary with scores and one without")
+        return BatchSummary(
+            self.rows + other.rows,
+            {c: counts.merge(other.numeric[c]) for c, counts in self.numeric.items()},
+            {c: counts.merge(other.categorical[c]) for c, counts in self.categorical.items()},
+            self.scores.merge(other.scores) if self.scores and other.scores else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready document (``from_dict`` reads it back)."""
+        return {
+            "rows": self.rows,
+            "numeric": {c: counts.to_dict() for c, counts in self.numeric.items()},
+            "categorical": {c: counts.to_dict() for c, counts in self.categorical.items()},
+            "scores": self.scores.to_dict() if self.scores else None,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> BatchSummary:
+        """The summary a ``to_dict`` document describes."""
+        return cls(
+            int(raw["rows"]),
+            {c: NumericCounts.from_dict(v) for c, v in raw["numeric"].items()},
+            {c: CategoryCounts.from_dict(v) for c, v in raw["categorical"].items()},
+            ScoreHistogram.from_dict(raw["scores"]) if raw.get("scores") else None,
+        )
+
+
+def merge_summaries(summaries: Iterable[BatchSummary]) -> BatchSummary:
+    """The merge of the summaries of disjoint chunks of one batch."""
+    merged: BatchSummary | None = None
+    for summary in summaries:
+        merged = summary if merged is None else merged.merge(summary)
+    if merged is None:
+        raise ValueError("no summaries to merge")
+    return merged
+
+
+def _profile_columns(profile: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    columns = profile["columns"]
+    if profile.get("version", 1) < 2:  # older profiles keep the row count only at the top
+        columns = {name: {"rows": profile["rows"], **ref} for name, ref in columns.items()}
+    return {name: _reference_of(ref) if ref["kind"] == "numeric" else ref for name, ref in columns.items()}
+
+
+def summary_columns(profile: dict[str, Any]) -> list[str]:
+    """The batch columns a summary against ``profile`` reads (the profiled features, scores excluded)."""
+    return [column for column in profile["columns"] if column != SCORE]
+
+
+def summarize_batch(
+    profile: dict[str, Any], frame: pd.DataFrame, scores: np.ndarray | None = None
+) -> BatchSummary:
+    """The counts of one chunk of a batch (and the model's scores on it) against the profile.
+
+    Profiled columns absent from ``frame`` are left out (as ``compare`` does); merge the chunks' summaries
+    with ``BatchSummary.merge`` or ``merge_summaries``, then call ``compare_summary``.
+    """
+    summary = BatchSummary(len(frame))
+    columns = _profile_columns(profile)
+    for column, ref in columns.items():
+        if column == SCORE or column not in frame.columns:
+            continue
+        if ref["kind"] == "numeric":
+            summary.numeric[column] = NumericCounts.of(_summary_points(ref), _as_float(frame[column]))
+        else:
+            summary.categorical[column] = CategoryCounts.of(list(ref["shares"]), frame[column])
+    if scores is not None:
+        values = _as_float(scores)
+        if SCORE in columns:
+            summary.numeric[SCORE] = NumericCounts.of(_summary_points(columns[SCORE]), values)
+        summary.scores = ScoreHistogram.of(values)
+    return summary
+
+
+def _numeric_plot(ref: dict[str, Any], points: np.ndarray, counts: NumericCounts) -> dict[str, Any]:
+    """Reference vs current shares of the non-missing values, on value bins (or per value when few)."""
+    grid = np.asarray(ref["grid"], dtype="float64")
+    if grid.size == 0:
+        return {}
+    present = max(counts.present, 1)
+    edges = _plot_edges(ref)
+    if edges is None:
+        reference = np.diff(np.asarray(ref["cdf"], dtype="float64"), prepend=0.0)
+        hits = counts.equal[np.searchsorted(points, grid)]
+        current = hits / present
+        labels = [f"{g:.4g}" for g in grid]
+        other = float(1 - hits.sum() / counts.present) if counts.present else 0.0
+        if other > 0:  # values the reference never had
+            labels, reference, current = (
+                [*labels, "(other)"],
+                np.append(reference, 0.0),
+                np.append(current, other),
+            )
+        return {
+            "type": "values",
+            "labels": labels,
+            "reference": reference.tolist(),
+            "current": current.tolist(),
+        }
+    at_edges = _reference_cdf_at(ref, edges[1:-1])
+    reference = np.diff(np.concatenate([[0.0], at_edges, [1.0]]))
+    inner = counts.at_or_below[np.searchsorted(points, edges[1:-1])]
+    current = np.diff(inner, prepend=0, append=counts.present) / present
     return {
-        "labels": _bin_labels(ref["edges"]),
-        "reference_shares": ref["shares"],
-        "current_shares": cur_shares,
-        "missing": missing,
-        "new": [],
-        "test": "ks",
-        "statistic": ks_statistic(ref["grid"], ref["cdf"], present, strict),
-        "sizes": (ref_count, int(present.size)),
-        "missing_counts": (ref_rows - ref_count, ref_rows, int(missing_mask.sum()), int(values.size)),
-        "rows": int(present.size),
-        "plot": _numeric_plot(ref, present),
+        "type": "bins",
+        "edges": edges.tolist(),
+        "reference": reference.tolist(),
+        "current": current.tolist(),
     }
 
 
-def _measure_categorical(ref: dict[str, Any], values: pd.Series) -> dict[str, Any]:
+def _measure_numeric(ref: dict[str, Any], counts: NumericCounts) -> dict[str, Any]:
+    points = _summary_points(ref)
+    below = counts.at_or_below - counts.equal
+    edges_at = np.searchsorted(points, np.asarray(ref["edges"], dtype="float64"))
+    bins = np.diff(below[edges_at], prepend=0, append=counts.present)
+    ref_rows = int(ref.get("rows") or 0)
+    ref_count = int(ref.get("count", round(ref_rows * (1 - ref["missing_rate"]))))
+    statistic = 0.0
+    if counts.present and len(ref["grid"]):
+        at_grid = np.searchsorted(points, np.asarray(ref["grid"], dtype="float64"))
+        current_cdf = (below if ref.get("strict") else counts.at_or_below)[at_grid] / counts.present
+        statistic = float(np.max(np.abs(np.asarray(ref["cdf"], dtype="float64") - current_cdf)))
+    missing = counts.rows - counts.present
+    return {
+        "labels": _bin_labels(ref["edges"]),
+        "reference_shares": ref["shares"],
+        "current_shares": list(bins / max(counts.present, 1)),
+        "missing": missing / counts.rows if counts.rows else 0.0,
+        "new": [],
+        "test": "ks",
+        "statistic": statistic,
+        "sizes": (ref_count, counts.present),
+        "missing_counts": (ref_rows - ref_count, ref_rows, missing, counts.rows),
+        "rows": counts.present,
+        "plot": _numeric_plot(ref, points, counts),
+    }
+
+
+def _measure_categorical(ref: dict[str, Any], counts: CategoryCounts) -> dict[str, Any]:
     categories = list(ref["shares"])
-    found = _category_counts(values)
-    known = np.array([found.pop(c, 0) for c in categories], dtype="float64")
-    cur_count, cur_rows = int(known.sum()) + sum(found.values()), len(values)
-    cur_counts = np.append(known, float(sum(found.values())))
+    cur_count, cur_rows = int(counts.known.sum()) + counts.unseen_rows, counts.rows
+    cur_counts = np.append(counts.known.astype("float64"), float(counts.unseen_rows))
     ref_shares = [*ref["shares"].values(), float(ref.get("other_share", 0.0))]
     ref_rows = int(ref.get("rows") or 0)
     ref_count = int(ref.get("count", round(ref_rows * (1 - ref["missing_rate"]))))
@@ -500,7 +814,7 @@ def _measure_categorical(ref: dict[str, Any], values: pd.Series) -> dict[str, An
         "reference_shares": ref_shares,
         "current_shares": list(cur_counts / max(cur_count, 1)),
         "missing": 1 - cur_count / cur_rows if cur_rows else 0.0,
-        "new": [] if ref.get("truncated") else sorted(found)[:20],
+        "new": [] if ref.get("truncated") else counts.unseen,
         "test": "chi2",
         "statistic": statistic,
         "dof": dof,
@@ -510,12 +824,10 @@ def _measure_categorical(ref: dict[str, Any], values: pd.Series) -> dict[str, An
     }
 
 
-def _measure(column: str, ref: dict[str, Any], current: pd.Series | np.ndarray) -> dict[str, Any]:
+def _measure(column: str, ref: dict[str, Any], counts: NumericCounts | CategoryCounts) -> dict[str, Any]:
     """Effect sizes and test statistics of one column (p-values come later, for all columns at once)."""
-    if ref["kind"] == "numeric":
-        out = _measure_numeric(ref, _as_float(current))
-    else:
-        out = _measure_categorical(ref, current if isinstance(current, pd.Series) else pd.Series(current))
+    numeric = isinstance(counts, NumericCounts)
+    out = _measure_numeric(ref, counts) if numeric else _measure_categorical(ref, counts)
     # Missing values count as one more bin so that a jump in the missing rate moves the PSI too.
     ref_full = np.append(np.asarray(out["reference_shares"]) * (1 - ref["missing_rate"]), ref["missing_rate"])
     cur_full = np.append(np.asarray(out["current_shares"]) * (1 - out["missing"]), out["missing"])
@@ -622,31 +934,28 @@ def _reason(
     return text + f"; tests {config.correction}-corrected at alpha {config.alpha}"
 
 
-def compare(
+def compare_summary(
     profile: dict[str, Any],
-    frame: pd.DataFrame,
-    scores: np.ndarray | None,
+    summary: BatchSummary,
     batch: str,
     config: DriftConfig,
-    *,
     importance: dict[str, float] | None = None,
 ) -> DriftResult:
-    """Compare one batch (and the champion's scores on it) with the reference profile.
+    """Compare a batch, known by its (merged) summary against ``profile``, with the reference profile.
 
     ``importance`` (default: the profile's) weights the drifted share when ``config.weighting`` is
     ``importance``. With scores and a calibration map in the profile, ``performance`` holds the CBPE estimate.
     """
-    rows = len(frame)
-    columns = profile["columns"]
-    if profile.get("version", 1) < 2:  # older profiles keep the row count only at the top
-        columns = {name: {"rows": profile["rows"], **ref} for name, ref in columns.items()}
+    rows = summary.rows
+    columns = _profile_columns(profile)
     parts = [
-        _measure(column, ref, frame[column])
+        _measure(column, ref, counts)
         for column, ref in columns.items()
-        if column != SCORE and column in frame.columns
+        if column != SCORE
+        and (counts := summary.numeric.get(column) or summary.categorical.get(column)) is not None
     ]
-    if scores is not None and SCORE in columns:
-        parts.append(_measure(SCORE, columns[SCORE], np.asarray(scores, dtype="float64")))
+    if SCORE in summary.numeric and SCORE in columns:
+        parts.append(_measure(SCORE, columns[SCORE], summary.numeric[SCORE]))
     p_values, missing_p = _p_values(parts) if parts else (np.ones(0), np.ones(0))
     adjusted = adjust_p_values(p_values, config.correction)
     decided = [
@@ -660,11 +969,11 @@ def compare(
     total = float(weights.sum())
     shares = {level: float(weights[ranks >= RANK[level]].sum() / total) if total else 0.0 for level in LEVELS}
     performance = None
-    if scores is not None and "calibration" in profile:
-        from ml.performance import estimate_performance
+    if summary.scores is not None and "calibration" in profile:
+        from ml.performance import estimate_performance_binned
 
-        performance = estimate_performance(
-            np.asarray(scores), profile["calibration"], profile.get("performance")
+        performance = estimate_performance_binned(
+            summary.scores.counts, summary.scores.sums, profile["calibration"], profile.get("performance")
         )
     common: dict[str, Any] = {
         "shares": shares,
@@ -692,3 +1001,19 @@ def compare(
     return DriftResult(
         batch, rows, verdict, severity, shares["warning"], score_psi, decided, **common, reason=reason
     )
+
+
+def compare(
+    profile: dict[str, Any],
+    frame: pd.DataFrame,
+    scores: np.ndarray | None,
+    batch: str,
+    config: DriftConfig,
+    *,
+    importance: dict[str, float] | None = None,
+) -> DriftResult:
+    """Compare one batch in memory (and the champion's scores on it) with the reference profile.
+
+    The same as ``compare_summary`` over ``summarize_batch`` of the whole batch.
+    """
+    return compare_summary(profile, summarize_batch(profile, frame, scores), batch, config, importance)

@@ -11,15 +11,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import (
-    average_precision_score,
-    brier_score_loss,
-    f1_score,
-    log_loss,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-)
 
 from ml.config import GateConfig
 
@@ -27,22 +18,51 @@ METRIC_NAMES = ("roc_auc", "pr_auc", "log_loss", "brier", "precision", "recall",
 
 
 def classification_metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    """All gate metrics of ``scores`` against labels ``y`` (0/1)."""
+    """All gate metrics of ``scores`` against labels ``y`` (0/1), equal to scikit-learn's, from one sort."""
     y = np.asarray(y, dtype=int)
     scores = np.clip(np.asarray(scores, dtype=float), 1e-7, 1 - 1e-7)
-    predicted = (scores >= threshold).astype(int)
-    both_classes = 0 < y.sum() < len(y)
+    predicted = scores >= threshold
+    positives = int(y.sum())
+    both_classes = 0 < positives < len(y)
+    roc_auc, pr_auc = _ranking_metrics(y, scores) if both_classes else (float("nan"), float("nan"))
+    true_pos = int(np.count_nonzero(predicted & (y == 1)))
+    flagged = int(np.count_nonzero(predicted))
+    precision = true_pos / flagged if flagged else 0.0
+    recall = true_pos / positives if positives else 0.0
+    f1 = 2 * true_pos / (flagged + positives) if flagged + positives else 0.0
     return {
-        "roc_auc": float(roc_auc_score(y, scores)) if both_classes else float("nan"),
-        "pr_auc": float(average_precision_score(y, scores)) if both_classes else float("nan"),
-        "log_loss": float(log_loss(y, scores, labels=[0, 1])),
-        "brier": float(brier_score_loss(y, scores)),
-        "precision": float(precision_score(y, predicted, zero_division=0)),
-        "recall": float(recall_score(y, predicted, zero_division=0)),
-        "f1": float(f1_score(y, predicted, zero_division=0)),
+        "roc_auc": roc_auc,
+        "pr_auc": pr_auc,
+        "log_loss": float(-np.mean(np.where(y == 1, np.log(scores), np.log1p(-scores)))) if len(y) else 0.0,
+        "brier": float(np.mean((scores - y) ** 2)) if len(y) else 0.0,
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
         "rows": float(len(y)),
         "positive_rate": float(y.mean()) if len(y) else float("nan"),
     }
+
+
+def roc_auc(y: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC alone (as in ``classification_metrics``), NaN when the labels hold one class."""
+    y = np.asarray(y, dtype=int)
+    if not 0 < y.sum() < len(y):
+        return float("nan")
+    return _ranking_metrics(y, np.clip(np.asarray(scores, dtype=float), 1e-7, 1 - 1e-7))[0]
+
+
+def _ranking_metrics(y: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """ROC AUC (trapezoids over the ROC curve) and average precision, as scikit-learn computes them."""
+    order = np.argsort(-scores, kind="mergesort")
+    ordered, hits = scores[order], y[order]
+    last = np.append(np.flatnonzero(np.diff(ordered)), ordered.size - 1)
+    true_pos = np.cumsum(hits)[last].astype("float64")
+    false_pos = (last + 1) - true_pos
+    tpr = np.concatenate([[0.0], true_pos / true_pos[-1]])
+    fpr = np.concatenate([[0.0], false_pos / false_pos[-1]])
+    roc_auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    average_precision = float(np.sum(np.diff(tpr) * true_pos / (true_pos + false_pos)))
+    return roc_auc, average_precision
 
 
 def _fast_auc(y: np.ndarray, scores: np.ndarray) -> float:

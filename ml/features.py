@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from ml.config import LooplineConfig
@@ -66,14 +67,18 @@ def fit_vocabulary(frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, list[str
 
 
 def model_frame(frame: pd.DataFrame, spec: FeatureSpec, vocabulary: dict[str, list[str]]) -> pd.DataFrame:
-    """The model's input: float64 numerics and categoricals over the training vocabulary."""
+    """The model's input: float64 numerics and categoricals over the training vocabulary.
+
+    Categorical values are factorised and only the distinct values matched as text against the vocabulary;
+    values unseen in training and missing values get code -1 (missing), never a shifted code.
+    """
     out = {column: pd.to_numeric(frame[column], errors="coerce").astype("float64") for column in spec.numeric}
     for column in spec.categorical:
-        values = frame[column].astype("object").where(frame[column].notna(), None)
         categories = vocabulary.get(column, [])
-        as_text = values.map(lambda v: None if v is None else str(v))
-        # Categories unseen in training become missing (never a shifted code).
-        out[column] = pd.Categorical(as_text.where(as_text.isin(categories), None), categories=categories)
+        found, uniques = pd.factorize(frame[column], use_na_sentinel=True)
+        lookup = pd.Index(categories, dtype=object).get_indexer([str(v) for v in uniques])
+        codes = np.append(lookup, -1)[found] if len(uniques) else np.full(len(found), -1)
+        out[column] = pd.Categorical.from_codes(codes, categories=pd.Index(categories, dtype="str"))
     return pd.DataFrame(out, index=frame.index)
 
 

@@ -34,6 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 DATA_FILE = "data.parquet"
+ROW_GROUP_ROWS = 131_072
+"""Rows per Parquet row group: a streaming reader holds about one row group of the columns it reads."""
 META_FILE = "_meta.json"
 LOCK_FILE = ".lock"
 
@@ -111,33 +113,68 @@ class Lake:
 
     def write(self, table: str, batch: str, frame: pd.DataFrame, source: str | None = None) -> Partition:
         """Replace the partition ``table/batch`` with ``frame``, atomically; returns it with its hash."""
-        folder = self.partition_dir(table, batch)
         buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer, compression="zstd")
+        pq.write_table(
+            pa.Table.from_pandas(frame, preserve_index=False),
+            buffer,
+            compression="zstd",
+            row_group_size=ROW_GROUP_ROWS,
+        )
         payload = buffer.getvalue()
-        digest = content_hash(payload)
+        return self._commit(table, batch, source, len(frame), content_hash(payload), payload)
+
+    def write_stream(
+        self, table: str, batch: str, chunks: Iterable[pd.DataFrame], source: str | None = None
+    ) -> Partition:
+        """Replace ``table/batch`` with the concatenation of ``chunks``, written as they come (bounded memory).
+
+        Same guarantees as ``write``: under the partition's lock the rows go to a temporary file in its folder,
+        hashed while written, and become visible by one rename.
+        """
+        folder = self.partition_dir(table, batch)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             with _exclusive(folder / LOCK_FILE):
                 _remove_leftovers(folder)
-                atomic_write_bytes(folder / DATA_FILE, payload)
-                atomic_write_json(
-                    folder / META_FILE,
-                    {
-                        "table": table,
-                        "batch": batch,
-                        "rows": len(frame),
-                        "sha256": digest,
-                        "source": source,
-                        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                    },
-                )
+                handle, tmp_name = tempfile.mkstemp(prefix=f".{DATA_FILE}.", suffix=".tmp", dir=folder)
+                try:
+                    rows, digest = _write_chunks(handle, chunks, folder)
+                    os.replace(tmp_name, folder / DATA_FILE)
+                finally:
+                    Path(tmp_name).unlink(missing_ok=True)
+                self._write_meta(folder, table, batch, source, rows, digest)
         except OSError as exc:
-            raise LakeError(
-                f"cannot write lake partition {folder}: {exc} (check that the folder is writable by the user "
-                "running Loopline and the disk has space, then re-run)"
-            ) from exc
-        return Partition(table, batch, folder, len(frame), digest)
+            raise _write_error(folder, exc) from exc
+        return Partition(table, batch, folder, rows, digest)
+
+    def _commit(
+        self, table: str, batch: str, source: str | None, rows: int, digest: str, data: bytes
+    ) -> Partition:
+        """Put a partition's data and metadata in place under its lock."""
+        folder = self.partition_dir(table, batch)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with _exclusive(folder / LOCK_FILE):
+                _remove_leftovers(folder)
+                atomic_write_bytes(folder / DATA_FILE, data)
+                self._write_meta(folder, table, batch, source, rows, digest)
+        except OSError as exc:
+            raise _write_error(folder, exc) from exc
+        return Partition(table, batch, folder, rows, digest)
+
+    @staticmethod
+    def _write_meta(folder: Path, table: str, batch: str, source: str | None, rows: int, digest: str) -> None:
+        atomic_write_json(
+            folder / META_FILE,
+            {
+                "table": table,
+                "batch": batch,
+                "rows": rows,
+                "sha256": digest,
+                "source": source,
+                "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            },
+        )
 
     def batches(self, table: str) -> list[str]:
         """Keys of the complete partitions of a table, oldest first."""
@@ -172,8 +209,8 @@ class Lake:
                 rows = pq.ParquetFile(handle).metadata.num_rows
         return Partition(table, batch, folder, rows, digest)
 
-    def read(self, table: str, batches: Iterable[str], columns: Sequence[str] | None = None) -> pd.DataFrame:
-        """The rows of the given batches (only ``columns`` when given), in batch order."""
+    def files(self, table: str, batches: Iterable[str]) -> list[Path]:
+        """The data files of the given batches, in batch order; LakeError names a missing one."""
         files = []
         for batch in batches:
             data_file = self.partition_dir(table, batch) / DATA_FILE
@@ -184,8 +221,83 @@ class Lake:
             files.append(data_file)
         if not files:
             raise LakeError(f"no batches requested from table {table!r}")
+        return files
+
+    def read(self, table: str, batches: Iterable[str], columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """The rows of the given batches (only ``columns`` when given), in batch order."""
+        return self.read_arrow(table, batches, columns).to_pandas()
+
+    def read_arrow(
+        self, table: str, batches: Iterable[str], columns: Sequence[str] | None = None
+    ) -> pa.Table:
+        """``read`` as an Arrow table (no pandas conversion)."""
+        files = self.files(table, batches)
         tables = [pq.read_table(f, columns=list(columns) if columns else None) for f in files]
-        return pa.concat_tables(tables, promote_options="default").to_pandas()
+        return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+
+    def schema(self, table: str, batch: str) -> pa.Schema:
+        """The Arrow schema of a partition (from its Parquet footer)."""
+        return pq.read_schema(self.files(table, [batch])[0])
+
+    def scan(
+        self, table: str, batches: Iterable[str], columns: Sequence[str] | None, batch_rows: int
+    ) -> Iterator[tuple[str, int, pa.RecordBatch]]:
+        """Stream the batches' rows as Arrow record batches of at most ``batch_rows`` rows (only ``columns``).
+
+        Yields ``(batch key, offset of the first row within that partition, record batch)`` in row order,
+        reading one partition at a time with pyarrow datasets and no read-ahead, so memory stays near one
+        record batch plus one Parquet row group of the chosen columns.
+        """
+        import pyarrow.dataset as ds
+
+        keys = list(batches)
+        for key, data_file in zip(keys, self.files(table, keys), strict=True):
+            offset = 0
+            for record_batch in ds.dataset(data_file, format="parquet").to_batches(
+                columns=list(columns) if columns is not None else None,
+                batch_size=batch_rows,
+                batch_readahead=0,
+                fragment_readahead=0,
+                use_threads=True,
+            ):
+                if record_batch.num_rows:
+                    yield key, offset, record_batch
+                    offset += record_batch.num_rows
+
+    def footer_rows(self, table: str, batches: Iterable[str]) -> int:
+        """Rows of the given batches, from their Parquet footers (no data read, no hashing)."""
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files(table, batches))
+
+    def memory_estimate(
+        self, table: str, batches: Iterable[str], columns: Sequence[str] | None = None
+    ) -> int:
+        """Bytes the batches' ``columns`` (default all) take in memory, from the Parquet footers alone.
+
+        Rows x columns x bytes: fixed-width types count their width, others (text) their uncompressed Parquet
+        size per row plus an 8-byte offset.
+        """
+        total = 0
+        for data_file in self.files(table, batches):
+            meta = pq.ParquetFile(data_file).metadata
+            arrow = meta.schema.to_arrow_schema()
+            chosen = set(columns) if columns is not None else set(arrow.names)
+            for index, name in enumerate(arrow.names):
+                if name not in chosen:
+                    continue
+                kind = arrow.field(name).type
+                try:
+                    width = kind.bit_width // 8
+                except ValueError:
+                    width = 0
+                if width:
+                    total += width * meta.num_rows
+                else:
+                    stored = sum(
+                        meta.row_group(g).column(index).total_uncompressed_size
+                        for g in range(meta.num_row_groups)
+                    )
+                    total += stored + 8 * meta.num_rows
+        return total
 
     def ids_in(self, table: str, batches: Iterable[str], id_column: str) -> set[Any]:
         """The ids already stored in the given batches."""
@@ -194,6 +306,59 @@ class Lake:
             data_file = self.partition_dir(table, batch) / DATA_FILE
             found.update(pq.read_table(data_file, columns=[id_column]).column(0).to_pylist())
         return found
+
+
+class _HashingSink:
+    """A binary file that also feeds every byte written to a hash (the partition's content hash)."""
+
+    def __init__(self, raw: Any, digest: Any) -> None:
+        self.raw, self.digest, self.closed = raw, digest, False
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def close(self) -> None:
+        self.closed = True
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+
+def _write_chunks(handle: int, chunks: Iterable[pd.DataFrame], folder: Path) -> tuple[int, str]:
+    """Write DataFrame chunks as one Parquet file to an open descriptor; returns (rows, sha256 of the bytes)."""
+    rows, digest = 0, hashlib.sha256()
+    with os.fdopen(handle, "wb") as raw:
+        writer: pq.ParquetWriter | None = None
+        sink = _HashingSink(raw, digest)
+        try:
+            for chunk in chunks:
+                arrow = pa.Table.from_pandas(chunk, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(sink, arrow.schema, compression="zstd")
+                writer.write_table(arrow, row_group_size=ROW_GROUP_ROWS)
+                rows += len(chunk)
+        except BaseException:
+            if writer is not None:  # finish the writer into nowhere: the temporary file is deleted anyway
+                sink.raw = io.BytesIO()
+                writer.close()
+            raise
+        if writer is None:
+            raise LakeError(f"no rows to write to {folder}: the stream was empty")
+        writer.close()
+        raw.flush()
+        os.fsync(raw.fileno())
+    return rows, digest.hexdigest()
+
+
+def _write_error(folder: Path, exc: OSError) -> LakeError:
+    return LakeError(
+        f"cannot write lake partition {folder}: {exc} (check that the folder is writable by the user "
+        "running Loopline and the disk has space, then re-run)"
+    )
 
 
 def _read_meta(meta_file: Path) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """The loop's steps, one function per DAG task, each an idempotent transaction over the lake and MLflow.
 
 DAG tasks call these with the config, the paths and what Airflow knows (the batch, params, run ids); the
-replay and the CLI call the same functions. Each returns a small JSON-ready dict (the task's XCom).
+replay and the CLI call the same functions. Each returns a small JSON-ready dict (the task's XCom). The
+data-heavy work (the window's gate, training and its profile, drift, scoring) goes through the configured
+engine (``ml.engines.engine_for``: ``local`` or ``spark``); the steps keep the transaction around it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pandas as pd
 
 from ml import quality
 from ml.config import LooplineConfig, Paths
+from ml.engines import engine_for
 from ml.ingest import BatchRejected, clean_batch, landing_path, read_source
 from ml.lake import Lake, atomic_write_json
 
@@ -116,18 +119,10 @@ def plan_training(
     return {"batches": available[-size:], "end_batch": available[-1]}
 
 
-def _window(config: LooplineConfig, paths: Paths, batches: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    lake = lake_of(paths)
-    table = config.dataset.name
-    older = lake.read(table, batches[:-1]) if len(batches) > 1 else lake.read(table, batches[-1:]).iloc[0:0]
-    return older, lake.read(table, batches[-1:])
-
-
 def validate_window(config: LooplineConfig, paths: Paths, batches: list[str]) -> dict[str, Any]:
     """The data-quality gate on the whole training window; raises QualityGateFailed on a critical failure."""
-    frame = lake_of(paths).read(config.dataset.name, batches)
     name = f"window-{batches[0]}..{batches[-1]}"
-    result = quality.validate(frame, config.suite_path(), data_docs_dir(paths), run_name=name)
+    result = engine_for(config, paths).validate(batches, name)
     result_file = paths.reports / "quality" / config.dataset.name / f"{name}.json"
     atomic_write_json(result_file, result.raw)
     if not result.passed:
@@ -150,37 +145,27 @@ def train_challenger(
     tags: dict[str, str],
 ) -> dict[str, Any]:
     """Fit on the window (minus the holdout), save the reference profile, log and register a version."""
-    from ml import drift, registry, train
-    from ml.evaluate import classification_metrics
-    from ml.features import resolve_features
+    from ml import registry, train
 
     params = train.hyperparameters(config.training, overrides)
-    older, newest = _window(config, paths, batches)
-    split = train.split_holdout(older, newest, config)
-    spec = resolve_features(config, split.train.columns, split.train.dtypes)
-    booster = train.fit(split.train, spec, config.dataset.target, params)
-    train_scores = train.predict(booster, split.train)
-    importance = train.feature_importance(booster)
-    holdout_y = split.holdout[config.dataset.target].astype(int).to_numpy()
-    calibration = (train.predict(booster, split.holdout), holdout_y) if len(split.holdout) else None
-    y = split.train[config.dataset.target].astype(int).to_numpy()
+    trained = engine_for(config, paths).train(batches, params)
     partitions = [lake_of(paths).partition(config.dataset.name, b) for b in batches]
     ref = registry.log_training_run(
         config,
         paths,
-        booster=booster,
-        train=split.train,
+        booster=trained.booster,
+        train=trained.example,
+        train_rows=trained.train_rows,
         partitions=partitions,
         params=params,
-        train_metrics=classification_metrics(y, train_scores, config.gate.decision_threshold),
-        profile=drift.build_profile(
-            split.train, spec, train_scores, config.drift.bins, importance=importance, calibration=calibration
-        ),
+        train_metrics=trained.train_metrics,
+        profile=trained.profile,
         quality=quality_summary,
-        importance=importance,
+        importance=trained.importance,
         run_name=run_name,
         tags={
             **tags,
+            **trained.lineage,
             "loopline.window": f"{batches[0]}..{batches[-1]}",
             "loopline.code_version": code_version(),
         },
@@ -189,8 +174,8 @@ def train_challenger(
         "version": ref.version,
         "run_id": ref.run_id,
         "experiment_id": registry.connect(config, paths),
-        "train_rows": len(split.train),
-        "holdout_rows": len(split.holdout),
+        "train_rows": trained.train_rows,
+        "holdout_rows": len(trained.holdout),
     }
 
 
@@ -202,15 +187,15 @@ def evaluate_challenger(
     from ml.evaluate import decide
 
     registry.connect(config, paths)
-    older, newest = _window(config, paths, batches)
-    holdout = train.split_holdout(older.iloc[0:0], newest, config).holdout
+    newest = lake_of(paths).read(config.dataset.name, batches[-1:])
+    holdout = train.split_holdout(newest.iloc[0:0], newest, config).holdout
     y = holdout[config.dataset.target].astype(int).to_numpy()
     challenger = _version_ref(config, challenger_version)
-    challenger_scores = registry.predict(registry.load_model(challenger), holdout)
+    challenger_scores = train.predict(_booster(challenger), holdout)
     current = registry.champion(config)
     champion_scores = None
     if current is not None and current.version != challenger.version:
-        champion_scores = registry.predict(registry.load_model(current), holdout)
+        champion_scores = train.predict(_booster(current), holdout)
     spec = _feature_spec(config, holdout)
     slices = {column: holdout[column].to_numpy(dtype=object) for column in spec.categorical}
     decision = decide(
@@ -234,6 +219,13 @@ def evaluate_challenger(
             for r in decision.rules
         ],
     }
+
+
+def _booster(ref: Any) -> Any:
+    """The XGBoost booster inside a registered version (scored directly, without the pyfunc's overhead)."""
+    from ml import registry
+
+    return registry.load_model(ref).unwrap_python_model().booster
 
 
 def _feature_spec(config: LooplineConfig, frame: pd.DataFrame) -> Any:
@@ -304,7 +296,7 @@ def promote_challenger(
 
 def monitor_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str, Any]:
     """Compare a new batch (and the champion's scores on it) with the champion's reference profile."""
-    from ml import drift, performance, policy, registry, reports
+    from ml import policy, registry, reports
 
     registry.connect(config, paths)
     current = registry.champion(config)
@@ -315,18 +307,9 @@ def monitor_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str,
             "retrain": False,
             "reason": "no champion yet: nothing to compare against (train the first model)",
         }
-    frame = lake_of(paths).read(config.dataset.name, [batch])
-    scores = registry.predict(registry.load_model(current), frame)
     profile = registry.load_profile(current)
-    result = drift.compare(profile, frame, scores, batch, config.drift)
-    labelled = frame[config.dataset.target].notna().to_numpy()
-    realised = (
-        performance.realised_performance(
-            frame.loc[labelled, config.dataset.target].astype(int), scores[labelled]
-        )
-        if labelled.any()
-        else None
-    )
+    monitored = engine_for(config, paths).monitor(batch, _booster(current), profile)
+    result, realised = monitored.drift, monitored.realised
     reference_auc = (profile.get("performance") or {}).get("roc_auc")
     order = lake_of(paths).batches(config.dataset.name)
     decision = policy.decide_retrain(config, paths, result, order)
@@ -398,35 +381,12 @@ def monitor_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str,
 def score_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str, Any]:
     """Score a batch with the champion and write its predictions partition (replaced on re-run)."""
     from ml import registry
-    from ml.evaluate import classification_metrics
 
     registry.connect(config, paths)
     current = registry.champion(config)
     if current is None:
         return {"batch": batch, "scored": False, "reason": "no champion yet"}
-    dataset = config.dataset
-    frame = lake_of(paths).read(config.dataset.name, [batch])
-    scores = registry.predict(registry.load_model(current), frame)
-    keep = [c for c in (dataset.id_column, dataset.time_column) if c]
-    out = frame[keep].copy()
-    out["score"] = scores
-    out["model_version"] = current.version
-    partition = lake_of(paths).write(predictions_table(config), batch, out)
-    summary: dict[str, Any] = {
-        "batch": batch,
-        "scored": True,
-        "rows": partition.rows,
-        "champion_version": current.version,
-    }
-    labelled = frame[dataset.target].notna().to_numpy()
-    if labelled.any():
-        metrics = classification_metrics(
-            frame.loc[labelled, dataset.target].astype(int).to_numpy(),
-            scores[labelled],
-            config.gate.decision_threshold,
-        )
-        summary["roc_auc"] = metrics["roc_auc"]
-    return summary
+    return engine_for(config, paths).score(batch, _booster(current), current.version)
 
 
 def suggest_expectations(

@@ -7,7 +7,9 @@ attributes, so whoever loads it (batch scoring, the live endpoint, the monitor) 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,20 +60,20 @@ def split_holdout(older: pd.DataFrame, newest: pd.DataFrame, config: LooplineCon
     return Split(train, holdout)
 
 
-def fit(train: pd.DataFrame, spec: FeatureSpec, target: str, params: dict[str, Any]) -> xgb.Booster:
-    """Fit a binary XGBoost classifier (hist, native categoricals) on labelled rows."""
-    if len(train) < 50:
-        raise TrainingDataError(f"only {len(train)} labelled training rows: widen training.window_batches")
-    y = labels(train, target)
-    positives = int(y.sum())
-    if positives == 0 or positives == len(y):
+def check_labels(rows: int, positives: int) -> None:
+    """Refuse a window that cannot produce a model (too few labelled rows, one class only)."""
+    if rows < 50:
+        raise TrainingDataError(f"only {rows} labelled training rows: widen training.window_batches")
+    if positives == 0 or positives == rows:
         raise TrainingDataError(
-            f"the training window has a single class ({positives} positives in {len(y)} rows): "
+            f"the training window has a single class ({positives} positives in {rows} rows): "
             "widen the window or check the target column"
         )
-    vocabulary = fit_vocabulary(train, spec)
-    features = model_frame(train, spec, vocabulary)
-    booster_params = {
+
+
+def booster_params(params: dict[str, Any], rows: int, positives: int) -> dict[str, Any]:
+    """XGBoost's parameters for Loopline's hyperparameters (binary logistic, hist)."""
+    found = {
         "objective": "binary:logistic",
         "eval_metric": "logloss",
         "tree_method": "hist",
@@ -85,11 +87,84 @@ def fit(train: pd.DataFrame, spec: FeatureSpec, target: str, params: dict[str, A
         "nthread": 0,
     }
     if params["class_weight"] == "balanced":
-        booster_params["scale_pos_weight"] = (len(y) - positives) / positives
-    matrix = xgb.DMatrix(features, label=y.to_numpy(), enable_categorical=True, missing=np.nan)
-    booster = xgb.train(booster_params, matrix, num_boost_round=params["num_boost_round"])
+        found["scale_pos_weight"] = (rows - positives) / positives
+    return found
+
+
+def _finish(booster: xgb.Booster, spec: FeatureSpec, vocabulary: dict[str, list[str]]) -> xgb.Booster:
     booster.set_attr(**{SPEC_ATTR: spec.to_json(), VOCAB_ATTR: json.dumps(vocabulary)})
     return booster
+
+
+def fit(train: pd.DataFrame, spec: FeatureSpec, target: str, params: dict[str, Any]) -> xgb.Booster:
+    """Fit a binary XGBoost classifier (hist, native categoricals) on labelled rows."""
+    y = labels(train, target)
+    positives = int(y.sum())
+    check_labels(len(y), positives)
+    vocabulary = fit_vocabulary(train, spec)
+    features = model_frame(train, spec, vocabulary)
+    matrix = xgb.DMatrix(features, label=y.to_numpy(), enable_categorical=True, missing=np.nan)
+    booster = xgb.train(
+        booster_params(params, len(y), positives), matrix, num_boost_round=params["num_boost_round"]
+    )
+    return _finish(booster, spec, vocabulary)
+
+
+class FrameIter(xgb.DataIter):
+    """XGBoost's external-memory input: labelled training chunks, encoded with a fixed vocabulary.
+
+    ``chunks`` is called once per pass over the data (XGBoost makes several) and yields DataFrames holding
+    the feature columns and the target; the quantised pages are cached under ``cache_prefix`` on disk.
+    """
+
+    def __init__(
+        self,
+        chunks: Callable[[], Iterable[pd.DataFrame]],
+        spec: FeatureSpec,
+        vocabulary: dict[str, list[str]],
+        target: str,
+        cache_prefix: str,
+    ) -> None:
+        self._chunks, self._spec, self._vocabulary, self._target = chunks, spec, vocabulary, target
+        self._current: Iterator[pd.DataFrame] | None = None
+        super().__init__(cache_prefix=cache_prefix, release_data=True)
+
+    def next(self, input_data: Callable[..., None]) -> bool:
+        if self._current is None:
+            self._current = iter(self._chunks())
+        for frame in self._current:
+            if len(frame):
+                features = model_frame(frame, self._spec, self._vocabulary)
+                input_data(data=features, label=labels(frame, self._target).to_numpy())
+                return True
+        return False
+
+    def reset(self) -> None:
+        self._current = None
+
+
+def fit_external(
+    chunks: Callable[[], Iterable[pd.DataFrame]],
+    spec: FeatureSpec,
+    target: str,
+    params: dict[str, Any],
+    vocabulary: dict[str, list[str]],
+    rows: int,
+    positives: int,
+    cache_dir: Path,
+) -> xgb.Booster:
+    """``fit`` out of core: XGBoost's ``ExtMemQuantileDMatrix`` over the labelled training chunks.
+
+    The caller has counted ``rows`` and ``positives`` and fitted the ``vocabulary`` in an earlier pass; memory
+    holds one chunk plus the quantised pages XGBoost keeps (about 72 bytes per row at 30 features).
+    """
+    check_labels(rows, positives)
+    iterator = FrameIter(chunks, spec, vocabulary, target, str(cache_dir / "xgb-cache"))
+    matrix = xgb.ExtMemQuantileDMatrix(iterator, missing=np.nan, enable_categorical=True)
+    booster = xgb.train(
+        booster_params(params, rows, positives), matrix, num_boost_round=params["num_boost_round"]
+    )
+    return _finish(booster, spec, vocabulary)
 
 
 def predict(booster: xgb.Booster, frame: pd.DataFrame) -> np.ndarray:

@@ -244,3 +244,60 @@ def test_js_threshold_can_raise_the_severity(profile: dict) -> None:
     by_js = {f.column: f for f in compare(profile, month, None, "m", config).features}["purpose"]
     assert by_psi.severity == "info" and by_psi.significant
     assert by_js.severity == "critical"
+
+
+def test_bucketed_locate_equals_searchsorted() -> None:
+    from ml.drift import _locate
+
+    rng = np.random.default_rng(9)
+    values = np.concatenate([rng.lognormal(0, 2, 60_000), rng.normal(0, 1, 40_000), [-1e300, 1e300]])
+    points = np.unique(np.quantile(values, np.linspace(0, 1, 131)))
+    values = np.concatenate([values, points, np.nextafter(points, np.inf), np.nextafter(points, -np.inf)])
+    np.testing.assert_array_equal(_locate(points, values), np.searchsorted(points, values, side="left"))
+
+
+def test_chunk_summaries_merge_to_the_in_memory_comparison(profile: dict) -> None:
+    from ml.drift import BatchSummary, compare_summary, merge_summaries, summarize_batch
+
+    month = generate_month(SCENARIO, 4)
+    month.loc[:200, "purpose"] = "crypto"
+    scores = np.random.default_rng(4).random(len(month))
+    parts = [
+        BatchSummary.from_dict(
+            json.loads(
+                json.dumps(summarize_batch(profile, month.iloc[i : i + 700], scores[i : i + 700]).to_dict())
+            )
+        )
+        for i in range(0, len(month), 700)
+    ]
+    merged = compare_summary(profile, merge_summaries(parts), "m4", DriftConfig())
+    whole = compare(profile, month, scores, "m4", DriftConfig())
+    assert merged.to_dict() == whole.to_dict()
+    assert {f.column: f.new_categories for f in merged.features}["purpose"] == ["crypto"]
+    with pytest.raises(ValueError, match="cannot merge"):
+        parts[0].merge(summarize_batch(profile, month.head(5)))
+
+
+def test_profile_from_merged_parts_equals_build_profile() -> None:
+    from ml.drift import assemble_profile, categorical_profile, category_counts, merge_counts, numeric_profile
+
+    frame = pd.concat([generate_month(SCENARIO, m) for m in (1, 2)], ignore_index=True)
+    scores = np.random.default_rng(2).random(len(frame))
+    chunks = [frame.iloc[i : i + 999] for i in range(0, len(frame), 999)]
+    columns = {
+        c: numeric_profile(frame[c].to_numpy(dtype="float64", na_value=np.nan), 10) for c in SPEC.numeric
+    }
+    for column in SPEC.categorical:
+        counts = merge_counts(*(category_counts(chunk[column]) for chunk in chunks))
+        columns[column] = categorical_profile(counts, len(frame))
+    assert assemble_profile(columns, scores, len(frame), 10) == build_profile(frame, SPEC, scores, 10)
+
+
+def test_large_samples_use_the_asymptotic_ks_distribution() -> None:
+    from ml.drift import ks_p_value
+
+    d = np.array([0.002, 0.004, 0.006])
+    exact = stats.kstwo.sf(d, 200_000)
+    fast = ks_p_value(d, 400_000, 400_000)
+    np.testing.assert_allclose(fast, exact, rtol=5e-3, atol=1e-6)  # within 0.5%
+    assert ks_p_value(0.05, 2000, 2000)[0] == pytest.approx(stats.kstwo.sf(0.05, 1000))

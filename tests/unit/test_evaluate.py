@@ -66,3 +66,38 @@ def test_small_slices_are_skipped() -> None:
     tiny = np.array(["rare" if i < 20 else "common" for i in range(len(Y))])
     decision = decide(Y, GOOD, WEAK, GateConfig(slice_min_rows=100), "1", slices={"kind": tiny})
     assert [m.value for m in decision.slices] == ["common"]
+
+
+@pytest.mark.parametrize("decimals", [1, 3, 12])
+def test_metrics_equal_scikit_learn_with_and_without_ties(decimals: int) -> None:
+    from sklearn.metrics import (
+        average_precision_score,
+        brier_score_loss,
+        f1_score,
+        log_loss,
+        precision_score,
+        recall_score,
+    )
+
+    scores = np.clip(np.round(GOOD, decimals), 1e-7, 1 - 1e-7)
+    predicted = (scores >= 0.5).astype(int)
+    expected = {
+        "roc_auc": roc_auc_score(Y, scores),
+        "pr_auc": average_precision_score(Y, scores),
+        "log_loss": log_loss(Y, scores, labels=[0, 1]),
+        "brier": brier_score_loss(Y, scores),
+        "precision": precision_score(Y, predicted, zero_division=0),
+        "recall": recall_score(Y, predicted, zero_division=0),
+        "f1": f1_score(Y, predicted, zero_division=0),
+    }
+    found = classification_metrics(Y, scores, 0.5)
+    for name, value in expected.items():
+        assert found[name] == pytest.approx(value, rel=1e-12, abs=1e-12), name
+
+
+def test_single_class_metrics_are_nan_not_errors() -> None:
+    from ml.evaluate import roc_auc
+
+    metrics = classification_metrics(np.zeros(10, dtype=int), np.linspace(0, 1, 10), 0.5)
+    assert np.isnan(metrics["roc_auc"]) and np.isnan(metrics["pr_auc"]) and metrics["precision"] == 0.0
+    assert np.isnan(roc_auc(np.ones(5, dtype=int), np.linspace(0, 1, 5)))

@@ -42,3 +42,59 @@ def test_failed_write_leaves_old_file(tmp_path: Path) -> None:
         atomic_write_bytes(target, None)  # type: ignore[arg-type]
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_streamed_write_equals_one_write_and_scan_keeps_row_order(tmp_path: Path) -> None:
+    import hashlib
+
+    import numpy as np
+
+    lake = Lake(tmp_path)
+    frame = pd.DataFrame({"id": np.arange(10_000), "x": np.linspace(0, 1, 10_000), "s": ["a", "b"] * 5_000})
+    whole = lake.write("t", "1", frame)
+    scanned = list(lake.scan("t", ["1"], ["id", "x"], 3_000))
+    assert [offset for _, offset, _ in scanned] == [0, 3_000, 6_000, 9_000]
+    assert all(batch.num_rows <= 3_000 and batch.schema.names == ["id", "x"] for _, _, batch in scanned)
+    streamed = lake.write_stream(
+        "t",
+        "2",
+        (b.to_pandas().assign(s=frame["s"].iloc[o : o + b.num_rows].to_numpy()) for _, o, b in scanned),
+    )
+    assert streamed.rows == whole.rows == 10_000
+    data_file = streamed.path / "data.parquet"
+    assert (
+        streamed.sha256
+        == hashlib.sha256(data_file.read_bytes()).hexdigest()
+        == lake.partition("t", "2").sha256
+    )
+    pd.testing.assert_frame_equal(lake.read("t", ["2"]), lake.read("t", ["1"]))
+    assert not [p for p in streamed.path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_failed_stream_keeps_the_old_partition(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    old = lake.write("t", "1", pd.DataFrame({"x": [1.0, 2.0]}))
+
+    def broken():
+        yield pd.DataFrame({"x": [3.0]})
+        raise RuntimeError("source died")
+
+    with pytest.raises(RuntimeError, match="source died"):
+        lake.write_stream("t", "1", broken())
+    assert lake.partition("t", "1").sha256 == old.sha256
+    assert lake.read("t", ["1"])["x"].tolist() == [1.0, 2.0]
+    assert not [p for p in old.path.iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(LakeError, match="empty"):
+        lake.write_stream("t", "2", iter([]))
+
+
+def test_memory_estimate_reads_only_the_footer(tmp_path: Path) -> None:
+    import numpy as np
+
+    lake = Lake(tmp_path)
+    lake.write(
+        "t", "1", pd.DataFrame({"a": np.zeros(1000), "b": np.zeros(1000, dtype="int32"), "s": ["x"] * 1000})
+    )
+    assert lake.memory_estimate("t", ["1"], ["a"]) == 8_000
+    assert lake.memory_estimate("t", ["1"], ["a", "b"]) == 12_000
+    assert lake.memory_estimate("t", ["1"]) > 12_000 + 8 * 1000

@@ -72,3 +72,27 @@ def test_quarantine_keeps_file_and_reason(tmp_path: Path, clean: pd.DataFrame) -
     assert not source.exists()
     assert (folder / "2025-05.csv").read_text() == "a\n1\n"
     assert json.loads((folder / "reason.json").read_text())["reason"] == "bad"
+
+
+def test_streaming_gate_gives_the_whole_frame_verdicts(clean: pd.DataFrame) -> None:
+    broken = pd.concat([clean, clean.head(3)], ignore_index=True)  # repeated ids across record batches
+    broken.loc[100:400, "credit_score"] = np.nan
+    broken.loc[700:720, "age"] = -1
+    broken.loc[900, "home_ownership"] = "CASTLE"
+    for frame in (clean, broken, clean.drop(columns=["interest_rate"]), clean.assign(region="mars")):
+        whole = quality.validate(frame, SUITE)
+        chunks = (frame.iloc[i : i + 256] for i in range(0, len(frame), 256))
+        streamed = quality.validate_stream(chunks, list(frame.columns), SUITE)
+        assert streamed.passed == whole.passed and streamed.evaluated == whole.evaluated
+
+        def described(result: quality.GateResult) -> list[tuple]:
+            return sorted(
+                (f.expectation, f.column or "", f.severity, round(f.unexpected_percent or 0, 9))
+                for f in result.critical + result.warnings
+            )
+
+        assert described(streamed) == described(whole)
+        if frame is broken:
+            assert ("expect_column_values_to_be_unique", "loan_id") in {
+                (f.expectation, f.column) for f in streamed.critical
+            }

@@ -36,6 +36,8 @@ def test_loop_in_process(config, paths, landed) -> None:
     trained, evaluation, promotion = _train(config, paths)
     assert promotion["promoted"] and promotion["champion_version"] == trained["version"] == "1"
     assert registry.champion(config).version == "1"
+    run_tags = registry._client().get_run(trained["run_id"]).data.tags
+    assert run_tags["loopline.engine"] == "local" and run_tags["loopline.out_of_core"] == "no"
 
     # A crippled challenger (one shallow tree) must not replace the champion.
     worse, evaluation, promotion = _train(config, paths, overrides={"num_boost_round": 1, "max_depth": 1})
@@ -123,3 +125,27 @@ def test_two_racing_promotions_leave_one_consistent_champion(config, paths, land
     assert registry.champion(config).version == winner
     attempts = [m for m in registry.history(config) if m["alias"] == "champion" and m["reason"] != "promoted"]
     assert sorted(m["outcome"] for m in attempts if m["by"].startswith("racer-")) == ["moved", "refused"]
+
+
+def test_the_loop_streams_out_of_core_through_the_same_steps(config, paths, landed) -> None:
+    """engine.out_of_core: always (record batches of 1000 rows): same step results, run tagged out of core."""
+    engine = config.engine.model_copy(update={"out_of_core": "always", "batch_rows": 1000})
+    streaming = config.model_copy(update={"engine": engine})
+    for month in (1, 2, 3):
+        steps.ingest_batch(streaming, paths, landed.batch_key(month))
+    trained, evaluation, promotion = _train(streaming, paths)
+    assert promotion["promoted"] and evaluation["challenger_roc_auc"] > 0.6
+    assert trained["train_rows"] + trained["holdout_rows"] == 3 * 1500
+    run = registry._client().get_run(trained["run_id"])
+    assert run.data.tags["loopline.out_of_core"] == "yes"
+    assert run.data.params["train_rows"] == str(trained["train_rows"])
+    for month in (4, 6, 7):
+        steps.ingest_batch(streaming, paths, landed.batch_key(month))
+    shifted = steps.monitor_batch(streaming, paths, landed.batch_key(7))
+    assert shifted["verdict"] == "drift" and shifted["top_features"]
+    assert shifted["realised_performance"]["rows"] > 0
+    scored = steps.score_batch(streaming, paths, landed.batch_key(7))
+    assert (
+        scored["out_of_core"]
+        and scored["rows"] == steps.lake_of(paths).partition("loans", landed.batch_key(7)).rows
+    )

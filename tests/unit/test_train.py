@@ -44,3 +44,23 @@ def test_single_class_window_is_refused(config, data: pd.DataFrame) -> None:
 def test_unknown_override_is_refused(config) -> None:
     with pytest.raises(KeyError, match="unknown training parameter"):
         hyperparameters(config.training, {"depth": 3})
+
+
+def test_vectorised_encoding_matches_text_matching() -> None:
+    from ml.features import model_frame
+
+    frame = pd.DataFrame(
+        {
+            "x": ["1.5", None, "2"],
+            "c": pd.Series(["b", None, "zz"], dtype="str"),
+            "k": [3.0, np.nan, 1.0],
+            "o": pd.Series([True, "a", 7], dtype=object),
+        }
+    )
+    spec = FeatureSpec(("x",), ("c", "k", "o"))
+    encoded = model_frame(frame, spec, {"c": ["a", "b"], "k": ["1.0", "3.0"], "o": ["7", "True"]})
+    assert encoded["x"].tolist()[0] == 1.5 and np.isnan(encoded["x"].iloc[1])
+    assert encoded["c"].cat.codes.tolist() == [1, -1, -1]  # missing and unseen are both missing
+    assert encoded["k"].cat.codes.tolist() == [1, -1, 0]
+    assert encoded["o"].cat.codes.tolist() == [1, -1, 0]
+    assert list(encoded["c"].cat.categories) == ["a", "b"]

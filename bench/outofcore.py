@@ -1,0 +1,146 @@
+"""Out of core on one worker: ``python -m bench.outofcore [--budget-mb 64] [--factor 10] [--rounds 50]``.
+
+Writes a training window and a new batch whose in-memory size (the local engine's own Parquet-footer estimate)
+is ``--factor`` times ``engine.memory_budget_mb`` each, then runs the local engine's gate, training, drift and
+scoring on them, each step in a fresh child process: streaming (``engine.out_of_core: auto``, which picks
+streaming past the budget) and in memory on the same data (``never``). Reports per step the time, rows per
+second, peak RSS (``os.wait4``), the ratio of throughputs, and the fixed overhead (a child that only imports the
+step's modules). Results go to ``--json`` (default ``bench/outofcore.json``) and are printed as a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import data, procs
+
+STEPS = ("gate", "train", "drift", "score")
+WINDOW = ["2025-01", "2025-02", "2025-03"]
+NEW_BATCH = "2025-04"
+CHUNK_ROWS = 500_000
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.outofcore", description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-mb", type=int, default=64, help="engine.memory_budget_mb (>= 64)")
+    parser.add_argument("--factor", type=float, default=10.0, help="data size as a multiple of the budget")
+    parser.add_argument("--batch-rows", type=int, default=100_000, help="engine.batch_rows")
+    parser.add_argument("--rounds", type=int, default=50, help="boosting rounds of the training step")
+    parser.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "outofcore.json")
+    parser.add_argument("--workdir", type=Path, help="where data and state go (default: a temporary folder)")
+    return parser.parse_args(argv)
+
+
+def _write_batch(lake: Any, key: str, rows: int, seed: int, shift: float) -> None:
+    """One lake partition of ``rows`` rows, generated and written in chunks (the parent stays small)."""
+    from ml.lake import Lake
+
+    assert isinstance(lake, Lake)
+
+    def chunks() -> Any:
+        for start in range(0, rows, CHUNK_ROWS):
+            spec = data.BatchSpec(key, min(CHUNK_ROWS, rows - start), seed + start, shift=shift)
+            frame = data.generate_batch(spec)
+            frame[data.ID_COLUMN] += start  # ids stay unique across chunks
+            yield frame
+
+    lake.write_stream(data.DATASET, key, chunks())
+
+
+def prepare(workdir: Path, opts: argparse.Namespace) -> dict[str, Any]:
+    """The config, home and lake of the run; rows chosen so each input is ``factor`` x the budget."""
+    from ml.lake import Lake
+
+    home = workdir / "home"
+    config = data.write_config(
+        workdir,
+        extra={
+            "engine": {"memory_budget_mb": opts.budget_mb, "batch_rows": opts.batch_rows},
+            "training": {"num_boost_round": opts.rounds},
+        },
+    )
+    lake = Lake(home / "lake")
+    _write_batch(lake, "2000-01", 20_000, 1, 0.0)  # a probe of the bytes per row
+    per_row = lake.memory_estimate(data.DATASET, ["2000-01"]) / 20_000
+    shutil.rmtree(lake.partition_dir(data.DATASET, "2000-01"))
+    target = opts.factor * opts.budget_mb * 2**20
+    rows = int(target / per_row)
+    for index, key in enumerate(WINDOW):
+        _write_batch(lake, key, rows // 3 + (1 if index < rows % 3 else 0), 11 + index, 0.0)
+    _write_batch(lake, NEW_BATCH, rows, 15, 0.5)
+    return {
+        "home": str(home),
+        "config": str(config),
+        "rows_per_input": rows,
+        "bytes_per_row": per_row,
+        "window_mb": lake.memory_estimate(data.DATASET, WINDOW) / 2**20,
+        "batch_mb": lake.memory_estimate(data.DATASET, [NEW_BATCH]) / 2**20,
+    }
+
+
+def run(opts: argparse.Namespace) -> dict[str, Any]:
+    """Prepare, then every step streaming and in memory, each in its own child; returns the results."""
+    workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="loopline-ooc-"))
+    started = time.perf_counter()
+    setup = prepare(workdir, opts)
+    env = procs.base_env(Path(setup["home"]), Path(setup["config"]))
+    args = {"home": setup["home"], "config": setup["config"], "window": WINDOW, "batch": NEW_BATCH}
+    model = str(workdir / "model")
+    results: dict[str, Any] = {"settings": vars(opts) | {"workdir": str(workdir)}, "data": setup, "steps": {}}
+    for mode in ("auto", "never"):
+        for step in STEPS:
+            child = procs.run_worker(
+                "out_of_core_step",
+                {**args, "step": step, "mode": mode, "model": f"{model}-{mode}"},
+                env,
+                workdir,
+            )
+            results["steps"][f"{step}/{mode}"] = {
+                **child.payload,
+                "peak_rss_mib": round(child.peak_rss_mib, 1),
+                "rows_per_second": round(child.payload["rows"] / child.payload["seconds"]),
+            }
+    overhead = procs.run_worker("out_of_core_step", {**args, "step": "imports", "mode": "auto"}, env, workdir)
+    results["fixed_overhead_mib"] = round(overhead.peak_rss_mib, 1)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    """The results as Markdown: one row per step, streaming vs in memory."""
+    budget = results["settings"]["budget_mb"]
+    lines = [
+        f"Budget {budget} MiB; window {results['data']['window_mb']:.0f} MiB and new batch "
+        f"{results['data']['batch_mb']:.0f} MiB in memory ({results['data']['rows_per_input']:,} rows each); "
+        f"fixed overhead (imports only) {results['fixed_overhead_mib']:.0f} MiB peak RSS.",
+        "",
+        "| step | streamed | s | rows/s | peak RSS MiB | in memory s | rows/s | peak RSS MiB | throughput ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for step in STEPS:
+        streamed, memory = results["steps"][f"{step}/auto"], results["steps"][f"{step}/never"]
+        lines.append(
+            f"| {step} | {'yes' if streamed['out_of_core'] else 'no'} | {streamed['seconds']:.1f} "
+            f"| {streamed['rows_per_second']:,} | {streamed['peak_rss_mib']:,.0f} | {memory['seconds']:.1f} "
+            f"| {memory['rows_per_second']:,} | {memory['peak_rss_mib']:,.0f} "
+            f"| {streamed['rows_per_second'] / memory['rows_per_second']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    results = run(opts)
+    opts.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

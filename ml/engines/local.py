@@ -1,0 +1,354 @@
+"""The local engine: pandas, pyarrow and XGBoost in the task's own process, out of core past a memory budget.
+
+A window (or batch) whose in-memory size, estimated from the Parquet footers as rows x columns x bytes of the
+columns a step needs, fits in ``engine.memory_budget_mb`` is read at once and handled in memory. A larger one
+streams: the lake is read with pyarrow datasets in record batches of ``engine.batch_rows`` rows (fewer when
+such a batch would take over an eighth of the budget), only the needed columns, and
+
+- the quality gate counts every expectation batch by batch and judges the merged counts
+  (``quality.validate_stream``: the same verdicts as a whole-window run);
+- training fits XGBoost's external-memory ``ExtMemQuantileDMatrix`` over the record batches; the reference
+  profile's category counts merge across batches, its quantile edges and KS grid stay exact by reading whole
+  numeric columns, as many per pass as half the budget holds (at least one: memory bounded by one column,
+  8 bytes per row);
+- drift merges per-batch summaries (``drift.summarize_batch``), equal to the in-memory comparison;
+- scoring writes predictions as the record batches come (``Lake.write_stream``).
+
+The holdout (the newest share of the newest batch) is always held in memory: it is a fraction of one batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ml import drift, performance, quality, train
+from ml.config import LooplineConfig, Paths
+from ml.engines.base import MonitoredBatch, TrainedModel
+from ml.evaluate import classification_metrics, roc_auc
+from ml.features import FeatureSpec, fit_vocabulary, resolve_features
+from ml.lake import Lake
+
+if TYPE_CHECKING:
+    import xgboost as xgb
+
+log = logging.getLogger(__name__)
+SAMPLE_ROWS = 100
+"""Training rows handed to the registry for the signature and the dataset inputs."""
+
+
+class LocalEngine:
+    """The ``Engine`` of one worker: in memory when the data fits the budget, streaming when it does not."""
+
+    name = "local"
+
+    def __init__(self, config: LooplineConfig, paths: Paths) -> None:
+        self.config = config
+        self.paths = paths
+        self.lake = Lake(paths.lake)
+        self.table = config.dataset.name
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    def out_of_core(self, batches: Sequence[str], columns: Sequence[str] | None = None) -> bool:
+        """Whether these batches' columns exceed the memory budget (then every pass streams).
+
+        ``engine.out_of_core`` set to ``always`` or ``never`` overrides the estimate.
+        """
+        choice = self.config.engine.out_of_core
+        if choice != "auto":
+            return choice == "always"
+        estimate = self.lake.memory_estimate(self.table, batches, columns)
+        budget = self.config.engine.memory_budget_mb
+        stream = estimate > budget * 2**20
+        log.info(
+            "%s %s..%s: %.0f MiB in memory vs engine.memory_budget_mb %d: %s",
+            self.table,
+            batches[0],
+            batches[-1],
+            estimate / 2**20,
+            budget,
+            "streaming in record batches" if stream else "in memory",
+        )
+        return stream
+
+    def chunks(self, batches: Sequence[str], columns: Sequence[str] | None) -> Iterator[pd.DataFrame]:
+        """The batches' rows as DataFrames of at most ``engine.batch_rows`` rows (only ``columns``)."""
+        rows = self.chunk_rows(batches, columns)
+        for _, _, record_batch in self.lake.scan(self.table, batches, columns, rows):
+            yield record_batch.to_pandas()
+
+    def chunk_rows(self, batches: Sequence[str], columns: Sequence[str] | None) -> int:
+        """Rows per record batch: ``engine.batch_rows``, fewer when a batch of them would exceed 1/8 of the budget.
+
+        A record batch lives as Arrow, as pandas and as the model's input at once, so an eighth of the budget
+        per batch keeps a step's working set within the budget.
+        """
+        keys = list(batches)
+        rows = self.lake.footer_rows(self.table, keys) or 1
+        per_row = max(self.lake.memory_estimate(self.table, keys, columns) / rows, 1.0)
+        fitting = int(self.config.engine.memory_budget_mb * 2**20 / 8 / per_row)
+        return max(1000, min(self.config.engine.batch_rows, fitting))
+
+    def _frames(
+        self, batches: Sequence[str], columns: Sequence[str] | None, stream: bool
+    ) -> Iterator[pd.DataFrame]:
+        """One frame of everything when it fits, else the streamed record batches."""
+        if stream:
+            yield from self.chunks(batches, columns)
+        else:
+            yield self.lake.read(self.table, batches, columns)
+
+    def _spec(self, batch: str) -> FeatureSpec:
+        empty = self.lake.schema(self.table, batch).empty_table().to_pandas()
+        return resolve_features(self.config, empty.columns, empty.dtypes)
+
+    def _lineage(self, stream: bool, batches: Sequence[str], columns: Sequence[str] | None) -> dict[str, str]:
+        estimate = self.lake.memory_estimate(self.table, batches, columns)
+        return {
+            "loopline.engine": self.name,
+            "loopline.out_of_core": "yes" if stream else "no",
+            "loopline.memory_estimate_mb": f"{estimate / 2**20:.1f}",
+            "loopline.memory_budget_mb": str(self.config.engine.memory_budget_mb),
+        }
+
+    # -- the Engine protocol -------------------------------------------------------------------------------
+
+    def validate(self, batches: list[str], run_name: str) -> quality.GateResult:
+        """The dataset's GE suite over the batches, as one verdict (streamed past the budget)."""
+        suite, docs = self.config.suite_path(), self.paths.reports / "data_docs"
+        if not self.out_of_core(batches):
+            frame = self.lake.read(self.table, batches)
+            return quality.validate(frame, suite, docs, run_name=run_name)
+        columns = self.lake.schema(self.table, batches[0]).names
+        return quality.validate_stream(self.chunks(batches, None), columns, suite, docs, run_name)
+
+    def train(self, batches: list[str], params: dict[str, Any]) -> TrainedModel:
+        """Split off the holdout, fit XGBoost on the rest, profile the training rows and their scores."""
+        if self.out_of_core(batches):
+            return self._train_streaming(batches, params)
+        dataset = self.config.dataset
+        older = (
+            self.lake.read(self.table, batches[:-1])
+            if len(batches) > 1
+            else self.lake.read(self.table, batches[-1:]).iloc[0:0]
+        )
+        split = train.split_holdout(older, self.lake.read(self.table, batches[-1:]), self.config)
+        spec = resolve_features(self.config, split.train.columns, split.train.dtypes)
+        booster = train.fit(split.train, spec, dataset.target, params)
+        scores = train.predict(booster, split.train)
+        y = split.train[dataset.target].astype(int).to_numpy()
+        return self._trained(
+            booster,
+            spec,
+            scores,
+            y,
+            split.holdout,
+            split.train.head(SAMPLE_ROWS),
+            lambda importance, calibration: drift.build_profile(
+                split.train,
+                spec,
+                scores,
+                self.config.drift.bins,
+                importance=importance,
+                calibration=calibration,
+            ),
+            self._lineage(False, batches, None),
+        )
+
+    def _trained(
+        self,
+        booster: xgb.Booster,
+        spec: FeatureSpec,
+        scores: np.ndarray,
+        y: np.ndarray,
+        holdout: pd.DataFrame,
+        sample: pd.DataFrame,
+        profile_of: Callable[[dict[str, float], tuple[np.ndarray, np.ndarray] | None], dict[str, Any]],
+        lineage: dict[str, str],
+    ) -> TrainedModel:
+        """The parts of a trained model both paths share: importance, calibration, profile, metrics."""
+        importance = train.feature_importance(booster)
+        holdout_y = holdout[self.config.dataset.target].astype(int).to_numpy()
+        calibration = (train.predict(booster, holdout), holdout_y) if len(holdout) else None
+        return TrainedModel(
+            booster=booster,
+            spec=spec,
+            profile=profile_of(importance, calibration),
+            train_metrics=classification_metrics(y, scores, self.config.gate.decision_threshold),
+            importance=importance,
+            train_rows=len(y),
+            holdout=holdout,
+            example=sample,
+            lineage=lineage,
+        )
+
+    def _holdout_split(self, newest: str) -> tuple[np.ndarray, np.ndarray]:
+        """The newest batch's training-row mask and its holdout row positions (in holdout order).
+
+        The same rows as ``train.split_holdout``: labelled rows, stably sorted by event time, the latest
+        ``training.holdout_fraction`` held out; read from two columns only.
+        """
+        dataset = self.config.dataset
+        columns = [dataset.target] + ([dataset.time_column] if dataset.time_column else [])
+        head = self.lake.read(self.table, [newest], columns)
+        labelled = np.flatnonzero(head[dataset.target].notna().to_numpy())
+        if dataset.time_column:
+            order = np.argsort(head[dataset.time_column].to_numpy()[labelled], kind="stable")
+            labelled = labelled[order]
+        cut = round(len(labelled) * (1 - self.config.training.holdout_fraction))
+        mask = np.zeros(len(head), dtype=bool)
+        mask[labelled[:cut]] = True
+        return mask, labelled[cut:]
+
+    def _train_streaming(self, batches: list[str], params: dict[str, Any]) -> TrainedModel:
+        dataset, newest = self.config.dataset, batches[-1]
+        spec = self._spec(newest)
+        mask, holdout_rows = self._holdout_split(newest)
+
+        def training(columns: Sequence[str]) -> Iterator[pd.DataFrame]:
+            for key, offset, record_batch in self.lake.scan(
+                self.table, batches, columns, self.chunk_rows(batches, columns)
+            ):
+                frame = record_batch.to_pandas()
+                keep = (
+                    mask[offset : offset + len(frame)]
+                    if key == newest
+                    else frame[dataset.target].notna().to_numpy()
+                )
+                yield frame[keep] if not keep.all() else frame
+
+        needed = [*spec.columns, dataset.target]
+        rows, positives, sample = 0, 0, None
+        counts: dict[str, dict[str, int]] = {column: {} for column in spec.categorical}
+        seen: dict[str, set[str]] = {column: set() for column in spec.categorical}
+        for frame in training(needed):
+            rows += len(frame)
+            positives += int(frame[dataset.target].astype("int64").sum())
+            sample = frame.head(SAMPLE_ROWS) if sample is None else sample
+            for column, found in fit_vocabulary(frame, spec).items():
+                seen[column].update(found)
+                counts[column] = drift.merge_counts(counts[column], drift.category_counts(frame[column]))
+        vocabulary = {column: sorted(found) for column, found in seen.items()}
+        with tempfile.TemporaryDirectory(prefix="loopline-xgb-") as cache:
+            booster = train.fit_external(
+                lambda: training(needed),
+                spec,
+                dataset.target,
+                params,
+                vocabulary,
+                rows,
+                positives,
+                Path(cache),
+            )
+        scores = np.empty(rows)
+        y = np.empty(rows, dtype=np.int8)
+        at = 0
+        for frame in training(needed):
+            scores[at : at + len(frame)] = train.predict(booster, frame)
+            y[at : at + len(frame)] = frame[dataset.target].astype("int64").to_numpy()
+            at += len(frame)
+        holdout = self._holdout_frame(newest, holdout_rows)
+
+        def profile_of(
+            importance: dict[str, float], calibration: tuple[np.ndarray, np.ndarray] | None
+        ) -> dict[str, Any]:
+            columns: dict[str, Any] = {}
+            # Exact quantiles need a column whole: read as many numeric columns per pass as half the budget holds.
+            per_pass = max(1, int(self.config.engine.memory_budget_mb * 2**20 / 2 // max(rows * 8, 1)))
+            numeric = list(spec.numeric)
+            for start in range(0, len(numeric), per_pass):
+                group = numeric[start : start + per_pass]
+                parts: dict[str, list[pd.Series]] = {column: [] for column in group}
+                for frame in training([*group, dataset.target]):
+                    for column in group:
+                        parts[column].append(frame[column])
+                for column in group:
+                    values = pd.concat(parts.pop(column), ignore_index=True)
+                    columns[column] = drift.numeric_profile(values, self.config.drift.bins)
+            for column in spec.categorical:
+                columns[column] = drift.categorical_profile(counts[column], rows)
+            return drift.assemble_profile(
+                columns, scores, rows, self.config.drift.bins, importance=importance, calibration=calibration
+            )
+
+        assert sample is not None  # fit_external refused an empty window
+        return self._trained(
+            booster, spec, scores, y, holdout, sample, profile_of, self._lineage(True, batches, None)
+        )
+
+    def _holdout_frame(self, newest: str, positions: np.ndarray) -> pd.DataFrame:
+        """The holdout rows of the newest batch, in holdout order, gathered record batch by record batch."""
+        wanted = np.sort(positions)
+        parts = []
+        for _, offset, record_batch in self.lake.scan(
+            self.table, [newest], None, self.chunk_rows([newest], None)
+        ):
+            inside = wanted[(wanted >= offset) & (wanted < offset + record_batch.num_rows)] - offset
+            if inside.size:
+                parts.append(record_batch.take(inside).to_pandas())
+        gathered = (
+            pd.concat(parts, ignore_index=True) if parts else self.lake.read(self.table, [newest]).iloc[0:0]
+        )
+        order = np.searchsorted(wanted, positions)
+        return gathered.iloc[order].reset_index(drop=True)
+
+    def monitor(self, batch: str, booster: xgb.Booster, profile: dict[str, Any]) -> MonitoredBatch:
+        """Drift statistics of one batch and the booster's scores on it, merged over record batches."""
+        target = self.config.dataset.target
+        spec = train.feature_spec_of(booster)
+        columns = list(dict.fromkeys([*spec.columns, *drift.summary_columns(profile), target]))
+        available = set(self.lake.schema(self.table, batch).names)
+        columns = [c for c in columns if c in available]
+        summaries, labels, labelled_scores = [], [], []
+        for frame in self._frames([batch], columns, self.out_of_core([batch], columns)):
+            scores = train.predict(booster, frame)
+            summaries.append(drift.summarize_batch(profile, frame, scores))
+            known = frame[target].notna().to_numpy()
+            labels.append(frame.loc[known, target].astype(int).to_numpy())
+            labelled_scores.append(scores[known])
+        summary = drift.merge_summaries(summaries)
+        result = drift.compare_summary(profile, summary, batch, self.config.drift)
+        y, s = np.concatenate(labels), np.concatenate(labelled_scores)
+        realised = performance.realised_performance(y, s) if y.size else None
+        return MonitoredBatch(drift=result, realised=realised, rows=summary.rows)
+
+    def score(self, batch: str, booster: xgb.Booster, model_version: str) -> dict[str, Any]:
+        """Score one batch into its predictions partition, record batch by record batch past the budget."""
+        dataset = self.config.dataset
+        spec = train.feature_spec_of(booster)
+        keep = [c for c in (dataset.id_column, dataset.time_column) if c]
+        columns = list(dict.fromkeys([*keep, *spec.columns, dataset.target]))
+        stream = self.out_of_core([batch], columns)
+        labels: list[np.ndarray] = []
+        labelled_scores: list[np.ndarray] = []
+
+        def predictions() -> Iterator[pd.DataFrame]:
+            for frame in self._frames([batch], columns, stream):
+                scores = train.predict(booster, frame)
+                known = frame[dataset.target].notna().to_numpy()
+                labels.append(frame.loc[known, dataset.target].astype(int).to_numpy())
+                labelled_scores.append(scores[known])
+                out = frame[keep].copy()
+                out["score"] = scores
+                out["model_version"] = model_version
+                yield out
+
+        partition = self.lake.write_stream(f"{self.table}__predictions", batch, predictions())
+        summary: dict[str, Any] = {
+            "batch": batch,
+            "scored": True,
+            "rows": partition.rows,
+            "champion_version": model_version,
+            "out_of_core": stream,
+        }
+        y = np.concatenate(labels)
+        if y.size:
+            summary["roc_auc"] = roc_auc(y, np.concatenate(labelled_scores))
+        return summary

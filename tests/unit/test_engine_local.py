@@ -1,0 +1,221 @@
+"""The local engine: the streaming (out-of-core) path gives the in-memory path's results on the same lake."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml import drift, train
+from ml.config import LooplineConfig, Paths, load_config
+from ml.demo_data import Scenario, generate_month
+from ml.engines.local import LocalEngine
+from ml.evaluate import roc_auc
+from ml.features import FeatureSpec
+from ml.ingest import clean_batch
+from ml.lake import Lake
+from ml.performance import estimate_performance
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIO = Scenario(months=4, rows_per_month=6000, shift_from_month=4, incident_months=())
+PARAMS = {"num_boost_round": 40, "max_depth": 3}
+
+
+def _engine(config: LooplineConfig, paths: Paths, mode: str) -> LocalEngine:
+    engine = config.engine.model_copy(update={"out_of_core": mode, "batch_rows": 1000})
+    return LocalEngine(config.model_copy(update={"engine": engine}), paths)
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[LooplineConfig, Paths, list[str]]:
+    """Four months of demo loans in a lake (the fourth shifted), written with small row groups."""
+    paths = Paths(home=tmp_path_factory.mktemp("home"))
+    config = load_config(ROOT / "loopline.yaml")
+    keys = []
+    for month in range(1, SCENARIO.months + 1):
+        key = SCENARIO.batch_key(month)
+        clean = clean_batch(config, generate_month(SCENARIO, month), key, Path(f"{key}.csv"), set())
+        Lake(paths.lake).write(config.dataset.name, key, clean.frame)
+        keys.append(key)
+    return config, paths, keys
+
+
+@pytest.fixture(scope="module")
+def trained(lake: tuple[LooplineConfig, Paths, list[str]]) -> dict[str, object]:
+    config, paths, keys = lake
+    params = train.hyperparameters(config.training, PARAMS)
+    return {mode: _engine(config, paths, mode).train(keys[:3], params) for mode in ("never", "always")}
+
+
+def test_streaming_training_matches_in_memory(trained: dict, lake: tuple) -> None:
+    memory, streamed = trained["never"], trained["always"]
+    assert (
+        memory.lineage["loopline.out_of_core"] == "no" and streamed.lineage["loopline.out_of_core"] == "yes"
+    )
+    assert streamed.train_rows == memory.train_rows
+    pd.testing.assert_frame_equal(streamed.holdout, memory.holdout)
+    target = lake[0].dataset.target
+    y = memory.holdout[target].astype(int).to_numpy()
+    auc_memory = roc_auc(y, train.predict(memory.booster, memory.holdout))
+    auc_streamed = roc_auc(y, train.predict(streamed.booster, streamed.holdout))
+    assert abs(auc_memory - auc_streamed) < 0.005
+    assert abs(streamed.train_metrics["roc_auc"] - memory.train_metrics["roc_auc"]) < 0.01
+
+
+def test_streaming_profile_equals_the_in_memory_profile(trained: dict) -> None:
+    memory, streamed = trained["never"].profile, trained["always"].profile
+    assert set(memory) == set(streamed) and memory["rows"] == streamed["rows"]
+    assert list(memory["columns"]) == list(streamed["columns"])
+    for column, entry in memory["columns"].items():
+        if column == drift.SCORE:  # scores of two different boosters: same document shape
+            assert set(entry) == set(streamed["columns"][column])
+            continue
+        other = streamed["columns"][column]
+        for key, value in entry.items():
+            if key in {"mean", "std"}:  # summation order only
+                assert other[key] == pytest.approx(value, rel=1e-12)
+            else:
+                assert other[key] == value, (column, key)
+
+
+def test_streaming_drift_and_realised_performance_equal_in_memory(trained: dict, lake: tuple) -> None:
+    config, paths, keys = lake
+    model = trained["never"]
+    results = {
+        mode: _engine(config, paths, mode).monitor(keys[3], model.booster, model.profile)
+        for mode in ("never", "always")
+    }
+    memory, streamed = results["never"], results["always"]
+    assert memory.drift.verdict == streamed.drift.verdict == "drift"
+    assert memory.rows == streamed.rows == SCENARIO.rows_per_month
+    for a, b in zip(memory.drift.features, streamed.drift.features, strict=True):
+        assert (a.column, a.severity, a.new_categories, a.rows) == (
+            b.column,
+            b.severity,
+            b.new_categories,
+            b.rows,
+        )
+        assert a.current_shares == b.current_shares and a.plot == b.plot
+        assert (a.psi, a.statistic, a.p_value_adjusted) == (b.psi, b.statistic, b.p_value_adjusted)
+    estimate = memory.drift.performance["estimated_roc_auc"]
+    assert streamed.drift.performance["estimated_roc_auc"] == pytest.approx(estimate, abs=1e-12)
+    assert memory.realised["roc_auc"] == pytest.approx(streamed.realised["roc_auc"], abs=1e-12)
+
+
+def test_summaries_merge_through_json_to_the_whole_batch_result(trained: dict, lake: tuple) -> None:
+    config, paths, keys = lake
+    model = trained["never"]
+    batch = Lake(paths.lake).read(config.dataset.name, [keys[3]])
+    scores = train.predict(model.booster, batch)
+    parts = [
+        drift.BatchSummary.from_dict(
+            json.loads(json.dumps(drift.summarize_batch(model.profile, chunk, s).to_dict()))
+        )
+        for chunk, s in ((batch.iloc[i : i + 1700], scores[i : i + 1700]) for i in range(0, len(batch), 1700))
+    ]
+    merged = drift.compare_summary(model.profile, drift.merge_summaries(parts), "m", config.drift)
+    whole = drift.compare(model.profile, batch, scores, "m", config.drift)
+    assert [(f.column, f.psi, f.p_value) for f in merged.features] == [
+        (f.column, f.psi, f.p_value) for f in whole.features
+    ]
+    assert merged.performance["estimated_roc_auc"] == pytest.approx(whole.performance["estimated_roc_auc"])
+    per_row = estimate_performance(scores, model.profile["calibration"])["estimated_roc_auc"]
+    assert abs(whole.performance["estimated_roc_auc"] - per_row) < 1e-3
+
+
+def test_streaming_gate_gives_the_whole_window_verdicts(lake: tuple, tmp_path: Path) -> None:
+    config, paths, keys = lake
+    lake_ = Lake(paths.lake)
+    broken = lake_.read(config.dataset.name, [keys[1]])
+    broken.loc[100:400, "credit_score"] = np.nan
+    broken.loc[2500:2520, "age"] = -1
+    broken.loc[5000, "home_ownership"] = "CASTLE"
+    broken.loc[5500, config.dataset.id_column] = broken.loc[10, config.dataset.id_column]
+    lake_.write(config.dataset.name, "9999-01", broken)
+    for window in (keys[:2], [keys[0], "9999-01"]):
+        verdicts = {
+            mode: _engine(config, paths, mode).validate(window, f"t-{mode}") for mode in ("never", "always")
+        }
+        memory, streamed = verdicts["never"], verdicts["always"]
+        assert memory.passed == streamed.passed
+        assert memory.evaluated == streamed.evaluated
+        failed = {
+            mode: {(f.expectation, f.column, f.severity) for f in v.critical + v.warnings}
+            for mode, v in verdicts.items()
+        }
+        assert failed["never"] == failed["always"]
+        percents = {
+            mode: sorted((f.column or "", f.unexpected_percent or 0) for f in v.critical)
+            for mode, v in verdicts.items()
+        }
+        for (col_a, pct_a), (col_b, pct_b) in zip(percents["never"], percents["always"], strict=True):
+            assert col_a == col_b and pct_a == pytest.approx(pct_b)
+    assert (
+        not memory.passed
+        and ("expect_column_values_to_be_unique", config.dataset.id_column, "critical") in failed["always"]
+    )
+
+
+def test_streaming_scores_equal_in_memory_scores(trained: dict, lake: tuple) -> None:
+    config, paths, keys = lake
+    model = trained["never"]
+    table = f"{config.dataset.name}__predictions"
+    found = {}
+    for mode in ("never", "always"):
+        summary = _engine(config, paths, mode).score(keys[3], model.booster, "7")
+        found[mode] = (summary, Lake(paths.lake).read(table, [keys[3]]))
+    (memory, rows_memory), (streamed, rows_streamed) = found["never"], found["always"]
+    assert streamed["out_of_core"] and not memory["out_of_core"]
+    assert streamed["rows"] == memory["rows"] == SCENARIO.rows_per_month
+    assert streamed["roc_auc"] == memory["roc_auc"]
+    pd.testing.assert_frame_equal(rows_streamed, rows_memory)
+    assert Lake(paths.lake).partition(table, keys[3]).rows == SCENARIO.rows_per_month
+
+
+def test_external_memory_training_over_a_small_budget(tmp_path: Path) -> None:
+    """A window over a 64 MB budget: the external-memory booster's AUC is within 0.005 of in-memory training."""
+    rng = np.random.default_rng(5)
+    rows, width = 300_000, 30
+    x = rng.normal(size=(rows, width)).astype("float64")
+    logit = x[:, :6] @ np.array([1.0, -0.8, 0.6, 0.5, -0.4, 0.3]) + 0.5 * x[:, 6] * x[:, 7]
+    frame = pd.DataFrame(x, columns=[f"x{i:02d}" for i in range(width)])
+    frame["y"] = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype("int64")
+    lake_ = Lake(tmp_path / "lake")
+    lake_.write("big", "b1", frame.iloc[:240_000])
+    lake_.write("big", "b2", frame.iloc[240_000:])
+    assert lake_.memory_estimate("big", ["b1", "b2"]) > 64 * 2**20
+    spec = FeatureSpec(tuple(frame.columns[:width]), ())
+    params = train.hyperparameters(
+        load_config(ROOT / "loopline.yaml").training, {"num_boost_round": 30, "max_depth": 3}
+    )
+    training = frame.iloc[:240_000]
+    holdout = frame.iloc[240_000:]
+
+    def chunks():
+        for _, _, batch in lake_.scan("big", ["b1"], None, 50_000):
+            yield batch.to_pandas()
+
+    in_memory = train.fit(training, spec, "y", params)
+    external = train.fit_external(
+        chunks, spec, "y", params, {}, len(training), int(training["y"].sum()), tmp_path
+    )
+    y = holdout["y"].to_numpy()
+    auc_memory = roc_auc(y, train.predict(in_memory, holdout))
+    auc_external = roc_auc(y, train.predict(external, holdout))
+    assert auc_memory > 0.75
+    assert abs(auc_memory - auc_external) < 0.005
+
+
+def test_record_batches_shrink_to_an_eighth_of_the_budget(lake: tuple) -> None:
+    config, paths, keys = lake
+    engine = LocalEngine(
+        config.model_copy(update={"engine": config.engine.model_copy(update={"memory_budget_mb": 64})}), paths
+    )
+    per_row = engine.lake.memory_estimate(engine.table, keys) / engine.lake.footer_rows(engine.table, keys)
+    rows = engine.chunk_rows(keys, None)
+    assert rows < config.engine.batch_rows
+    assert rows * per_row <= 64 * 2**20 / 8 < (rows + 1) * per_row
+    assert not engine.out_of_core(keys)  # four small months fit the budget: read at once
