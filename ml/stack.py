@@ -102,6 +102,8 @@ def airflow_env(
             "LOOPLINE_CONFIG": str(config_file),
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "GX_ANALYTICS_ENABLED": "false",
+            # XGBoost's OpenMP threads spin-wait between calls by default, stealing the other tasks' CPU.
+            "OMP_WAIT_POLICY": "PASSIVE",
             "AIRFLOW_HOME": str(airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),

@@ -36,7 +36,7 @@ class TrainedModel:
     holdout: pd.DataFrame
     """The evaluation rows (the latest share of the newest batch), in memory: never seen in training."""
     example: pd.DataFrame
-    """A few training rows (feature columns) for the model's signature and input example."""
+    """Up to 100 training rows (features and target): the model's signature, input example and dataset inputs."""
     lineage: dict[str, str] = field(default_factory=dict)
     """Engine facts for the run's tags (``loopline.engine``, out-of-core or not, partitions read)."""
 
