@@ -294,9 +294,90 @@ def promote_challenger(
     return {"promoted": True, "reason": evaluation["reason"], "champion_version": challenger.version}
 
 
+def record_monitoring(
+    config: LooplineConfig,
+    paths: Paths,
+    result: Any,
+    realised: dict[str, Any] | None,
+    reference_auc: float | None,
+    champion_version: str,
+    *,
+    report_dir: Path,
+    context: dict[str, Any],
+    metrics: dict[str, float] | None = None,
+    tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Write a monitored batch's (or live window's) drift report and log its run in ``<experiment>/monitoring``.
+
+    Returns the result keys that lake batches and live windows share (``ml.steps.monitor_batch``'s and
+    ``ml.serve.monitoring.monitor_live_window``'s), with the same metric and tag names for both.
+    """
+    from ml import registry, reports
+
+    top = [
+        {
+            "column": f.column,
+            "psi": round(f.psi, 4),
+            "severity": f.severity,
+            "p_value": f.p_value_adjusted,
+            "new_categories": f.new_categories,
+        }
+        for f in result.top()
+    ]
+    json_path, html_path = reports.write_drift_report(
+        report_dir,
+        result,
+        {
+            "dataset": config.dataset.name,
+            "model": config.model_name,
+            "champion_version": champion_version,
+            **context,
+            "realised_roc_auc": (realised or {}).get("roc_auc"),
+            "reference_roc_auc": reference_auc,
+        },
+    )
+    logged = {"drift_share": result.drift_share, "rows": float(result.rows), **(metrics or {})}
+    for key in ("roc_auc", "ece", "calibration_in_the_large"):
+        if realised and realised.get(key) is not None:
+            logged[f"realised_{key}"] = float(realised[key])
+    logged |= {f"psi/{registry.metric_safe(f.column)}": f.psi for f in result.features}
+    run_id = registry.log_monitoring_run(
+        config,
+        paths,
+        result.batch,
+        logged,
+        [json_path, html_path],
+        {
+            "loopline.batch": result.batch,
+            "loopline.verdict": result.verdict,
+            "loopline.severity": result.severity,
+            "loopline.champion_version": champion_version,
+            **(tags or {}),
+        },
+    )
+    return {
+        "batch": result.batch,
+        "monitoring_run_id": run_id,
+        "verdict": result.verdict,
+        "drift_reason": result.reason,
+        "rows": result.rows,
+        "shares": result.shares,
+        "performance": result.performance,
+        "realised_performance": realised,
+        "reference_roc_auc": reference_auc,
+        "severity": result.severity,
+        "drift_share": result.drift_share,
+        "score_psi": result.score_psi,
+        "top_features": top,
+        "champion_version": champion_version,
+        "report_html": str(html_path),
+        "report_json": str(json_path),
+    }
+
+
 def monitor_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str, Any]:
     """Compare a new batch (and the champion's scores on it) with the champion's reference profile."""
-    from ml import policy, registry, reports
+    from ml import policy, registry
 
     registry.connect(config, paths)
     current = registry.champion(config)
@@ -313,63 +394,20 @@ def monitor_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str,
     reference_auc = (profile.get("performance") or {}).get("roc_auc")
     order = lake_of(paths).batches(config.dataset.name)
     decision = policy.decide_retrain(config, paths, result, order)
-    top = [
-        {
-            "column": f.column,
-            "psi": round(f.psi, 4),
-            "severity": f.severity,
-            "p_value": f.p_value_adjusted,
-            "new_categories": f.new_categories,
-        }
-        for f in result.top()
-    ]
-    json_path, html_path = reports.write_drift_report(
-        paths.reports / "drift" / config.dataset.name,
-        result,
-        {
-            "dataset": config.dataset.name,
-            "model": config.model_name,
-            "champion_version": current.version,
-            "policy": decision.reason,
-            "realised_roc_auc": (realised or {}).get("roc_auc"),
-            "reference_roc_auc": reference_auc,
-        },
-    )
-    metrics = {"drift_share": result.drift_share, "rows": float(result.rows)}
-    if realised and realised.get("roc_auc") is not None:
-        metrics["realised_roc_auc"] = float(realised["roc_auc"])
-    metrics |= {f"psi/{registry.metric_safe(f.column)}": f.psi for f in result.features}
-    monitoring_run = registry.log_monitoring_run(
+    recorded = record_monitoring(
         config,
         paths,
-        batch,
-        metrics,
-        [json_path, html_path],
-        {
-            "loopline.batch": batch,
-            "loopline.verdict": result.verdict,
-            "loopline.severity": result.severity,
-            "loopline.champion_version": current.version,
-        },
+        result,
+        realised,
+        reference_auc,
+        current.version,
+        report_dir=paths.reports / "drift" / config.dataset.name,
+        context={"policy": decision.reason},
     )
     return {
-        "batch": batch,
-        "monitoring_run_id": monitoring_run,
-        "verdict": result.verdict,
-        "drift_reason": result.reason,
-        "shares": result.shares,
-        "performance": result.performance,
-        "realised_performance": realised,
-        "reference_roc_auc": reference_auc,
-        "severity": result.severity,
-        "drift_share": result.drift_share,
-        "score_psi": result.score_psi,
-        "top_features": top,
-        "champion_version": current.version,
+        **recorded,
         "retrain": decision.retrain,
         "reason": decision.reason,
-        "report_html": str(html_path),
-        "report_json": str(json_path),
         "recent_batches": order[
             max(0, order.index(batch) - config.drift.cooldown_batches) : order.index(batch)
         ]

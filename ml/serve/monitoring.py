@@ -206,7 +206,8 @@ def monitor_live_window(
     the service answered, all by the champion; ``rescored``: other versions served part of the window, so the
     champion scored the captured features again). Live traffic alerts but never requests a retrain.
     """
-    from ml import drift, performance, registry, reports
+    from ml import drift, performance, registry
+    from ml.steps import record_monitoring
 
     start_at, end_at = as_utc(start), as_utc(end)
     url = store_url or settings_for(config).store_url or default_store_url(paths)
@@ -247,70 +248,26 @@ def monitor_live_window(
         if result.verdict == "drift"
         else f"live traffic {result.verdict}"
     )
-    top = [
-        {"column": f.column, "psi": round(f.psi, 4), "severity": f.severity, "p_value": f.p_value_adjusted}
-        for f in result.top()
-    ]
-    context = {
-        "dataset": config.dataset.name,
-        "model": config.model_name,
-        "champion_version": current.version,
-        "source": "live traffic captured by loopline serve",
-        "window": f"[{start_at.isoformat()}, {end_at.isoformat()})",
-        "served_versions": ", ".join(served),
-        "scores": how,
-        "policy": reason,
-        "labelled_rows": len(latest),
-        "realised_roc_auc": (realised or {}).get("roc_auc"),
-        "reference_roc_auc": reference_auc,
-    }
-    json_path, html_path = reports.write_drift_report(
-        paths.reports / "drift" / config.dataset.name / "live", result, context
-    )
-    metrics = {
-        "drift_share": result.drift_share,
-        "rows": float(result.rows),
-        "labelled_rows": float(len(latest)),
-    }
-    for key in ("roc_auc", "ece", "calibration_in_the_large"):
-        if realised and realised.get(key) is not None:
-            metrics[f"realised_{key}"] = float(realised[key])
-    metrics |= {f"psi/{registry.metric_safe(f.column)}": f.psi for f in result.features}
-    run_id = registry.log_monitoring_run(
+    recorded = record_monitoring(
         config,
         paths,
-        name,
-        metrics,
-        [json_path, html_path],
-        {
-            "loopline.batch": name,
-            "loopline.source": "live",
-            "loopline.verdict": result.verdict,
-            "loopline.severity": result.severity,
-            "loopline.champion_version": current.version,
+        result,
+        realised,
+        reference_auc,
+        current.version,
+        report_dir=paths.reports / "drift" / config.dataset.name / "live",
+        context={
+            "source": "live traffic captured by loopline serve",
+            "window": f"[{start_at.isoformat()}, {end_at.isoformat()})",
+            "served_versions": ", ".join(served),
+            "scores": how,
+            "policy": reason,
+            "labelled_rows": len(latest),
         },
+        metrics={"labelled_rows": float(len(latest))},
+        tags={"loopline.source": "live"},
     )
-    return {
-        **base,
-        "monitoring_run_id": run_id,
-        "verdict": result.verdict,
-        "drift_reason": result.reason,
-        "rows": result.rows,
-        "shares": result.shares,
-        "performance": result.performance,
-        "realised_performance": realised,
-        "reference_roc_auc": reference_auc,
-        "severity": result.severity,
-        "drift_share": result.drift_share,
-        "score_psi": result.score_psi,
-        "top_features": top,
-        "champion_version": current.version,
-        "served_versions": served,
-        "scores": how,
-        "reason": reason,
-        "report_html": str(html_path),
-        "report_json": str(json_path),
-    }
+    return {**base, **recorded, "served_versions": served, "scores": how, "reason": reason}
 
 
 def monitor_live(
