@@ -38,13 +38,19 @@ def _corruptions(clean: pd.DataFrame) -> dict[str, pd.DataFrame]:
     }
 
 
-def test_suggested_suite_passes_clean_and_fails_each_corruption(config, paths, lake_with_three_months, tmp_path):
+def test_suggested_suite_passes_clean_and_fails_each_corruption(
+    config, paths, lake_with_three_months, tmp_path
+):
     out = tmp_path / "suggested.json"
     assert main(["expectations", "suggest", "--out", str(out)]) == 0
     suite = json.loads(out.read_text())
     kinds = {e["type"] for e in suite["expectations"]}
-    assert {"expect_column_values_to_be_unique", "expect_column_values_to_be_between",
-            "expect_column_values_to_be_in_set", "expect_table_row_count_to_be_between"} <= kinds
+    assert {
+        "expect_column_values_to_be_unique",
+        "expect_column_values_to_be_between",
+        "expect_column_values_to_be_in_set",
+        "expect_table_row_count_to_be_between",
+    } <= kinds
     assert all(e["meta"]["severity"] in {"critical", "warning"} for e in suite["expectations"])
 
     clean = steps.lake_of(paths).read("loans", [lake_with_three_months.batch_key(3)])
