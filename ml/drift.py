@@ -82,7 +82,7 @@ def _ks_grid(ordered: np.ndarray, points: int) -> tuple[list[float], list[float]
     return [float(g) for g in grid], [round(float(c), 7) for c in cdf], bool(exact)
 
 
-def _category_key(value: Any) -> str:
+def category_key(value: Any) -> str:
     """A category as text; 3.0 and 3 are the same category (integer codes read back as floats)."""
     if isinstance(value, float | np.floating) and float(value).is_integer():
         return str(int(value))
@@ -122,7 +122,7 @@ def category_counts(values: pd.Series | np.ndarray) -> dict[str, int]:
     counts: dict[str, int] = {}
     for value, count in series.value_counts(dropna=True).items():
         if count > 0:
-            key = _category_key(value)
+            key = category_key(value)
             counts[key] = counts.get(key, 0) + int(count)
     return counts
 

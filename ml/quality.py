@@ -16,15 +16,19 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from ml.lake import atomic_write_bytes, atomic_write_json
 
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame as SparkFrame
+
 log = logging.getLogger(__name__)
 DATA_DOCS_SITE = "loopline"
+RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
 
 
 class SuiteError(ValueError):
@@ -112,18 +116,41 @@ def _severity_of(item: dict[str, Any]) -> str:
 
 
 def validate(
-    frame: pd.DataFrame, suite_path: Path, docs_dir: Path | None = None, run_name: str | None = None
+    frame: pd.DataFrame | SparkFrame,
+    suite_path: Path,
+    docs_dir: Path | None = None,
+    run_name: str | None = None,
 ) -> GateResult:
-    """Validate ``frame`` against the suite with Great Expectations (pandas engine).
+    """Validate ``frame`` against the suite with Great Expectations.
 
-    With ``docs_dir``, the run goes through a GE Checkpoint whose UpdateDataDocsAction renders the result into
-    the Data Docs site in that folder (``index.html``), named by ``run_name``.
+    A pandas frame runs on GE's pandas engine; any other frame (a Spark DataFrame, classic or Connect) on GE's
+    Spark execution engine, with the same suite, severities and ``GateResult``. With ``docs_dir``, the run goes
+    through a GE Checkpoint whose UpdateDataDocsAction renders the result into the Data Docs site in that folder
+    (``index.html``), named by ``run_name``.
     """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     document = load_suite(suite_path)
+    suite = _ge_suite(gx, document, suite_path)
+    if isinstance(frame, pd.DataFrame):
+        frame = _as_categories(frame, document["expectations"])
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    result = _run(gx, context, suite, frame, docs_dir, run_name)
+    gate = GateResult(suite=suite.name, evaluated=len(result.results), raw=result.to_json_dict())
+    if docs_dir is not None:
+        gate.data_docs = str(docs_dir / "index.html")
+    for failure in (_failure(outcome) for outcome in result.results if not outcome.success):
+        (gate.critical if failure.severity == "critical" else gate.warnings).append(failure)
+    for warning in gate.warnings:
+        log.warning("data-quality warning: %s", warning.describe())
+    return gate
+
+
+def _ge_suite(gx: Any, document: dict[str, Any], suite_path: Path) -> Any:
+    """The suite document as a GE ExpectationSuite, each expectation with its severity (unknown types refused)."""
     for item in document["expectations"]:
         item["severity"] = _severity_of(item)
     suite = gx.ExpectationSuite(
@@ -133,71 +160,72 @@ def validate(
         kept = {e.expectation_type for e in suite.expectations}
         lost = [e.get("type") for e in document["expectations"] if e.get("type") not in kept]
         raise SuiteError(f"{suite_path}: Great Expectations does not know expectation type(s) {lost}")
-    frame = _as_categories(frame, document["expectations"])
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    source = context.data_sources.add_pandas("loopline")
+    return suite
+
+
+def _run(
+    gx: Any,
+    context: Any,
+    suite: Any,
+    frame: pd.DataFrame | SparkFrame,
+    docs_dir: Path | None,
+    run_name: str | None,
+) -> Any:
+    """GE's validation result of ``frame`` through a dataframe asset of the datasource its type needs.
+
+    With ``docs_dir`` the run goes through a Checkpoint that updates the Data Docs site there.
+    """
+    sources = context.data_sources
+    source = (
+        sources.add_pandas("loopline") if isinstance(frame, pd.DataFrame) else sources.add_spark("loopline")
+    )
     definition = source.add_dataframe_asset("batch").add_batch_definition_whole_dataframe("whole")
-    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
     if docs_dir is None:
         batch = definition.get_batch(batch_parameters={"dataframe": frame})
-        result = batch.validate(suite, result_format=result_format)
-    else:
-        from great_expectations.core.run_identifier import RunIdentifier
+        return batch.validate(suite, result_format=RESULT_FORMAT)
+    from great_expectations.core.run_identifier import RunIdentifier
 
-        context.add_data_docs_site(
-            DATA_DOCS_SITE,
-            {
-                "class_name": "SiteBuilder",
-                "store_backend": {
-                    "class_name": "TupleFilesystemStoreBackend",
-                    "base_directory": str(docs_dir),
-                },
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            },
+    context.add_data_docs_site(
+        DATA_DOCS_SITE,
+        {
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
+    suite = context.suites.add(suite)
+    validation = context.validation_definitions.add(
+        gx.ValidationDefinition(data=definition, suite=suite, name=f"{suite.name}-validation")
+    )
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name=f"{suite.name}-checkpoint",
+            validation_definitions=[validation],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DATA_DOCS_SITE])],
+            result_format=RESULT_FORMAT,
         )
-        suite = context.suites.add(suite)
-        validation = context.validation_definitions.add(
-            gx.ValidationDefinition(data=definition, suite=suite, name=f"{suite.name}-validation")
-        )
-        checkpoint = context.checkpoints.add(
-            gx.Checkpoint(
-                name=f"{suite.name}-checkpoint",
-                validation_definitions=[validation],
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DATA_DOCS_SITE])],
-                result_format=result_format,
-            )
-        )
-        outcome = checkpoint.run(
-            batch_parameters={"dataframe": frame}, run_id=RunIdentifier(run_name=run_name)
-        )
-        result = next(iter(outcome.run_results.values()))
-    gate = GateResult(suite=suite.name, evaluated=len(result.results), raw=result.to_json_dict())
-    if docs_dir is not None:
-        gate.data_docs = str(docs_dir / "index.html")
-    for outcome in result.results:
-        if outcome.success:
-            continue
-        config = outcome.expectation_config
-        details = outcome.result or {}
-        if outcome.exception_info and outcome.exception_info.get("raised_exception"):
-            message = str(outcome.exception_info.get("exception_message", "")).splitlines()[0][:200]
-            examples: list[Any] = [message]
-        else:
-            examples = [_plain(v) for v in details.get("partial_unexpected_list") or []][:5]
-            if not examples and "observed_value" in details:
-                examples = [f"observed {_plain(details['observed_value'])}"]
-        failure = FailedExpectation(
-            expectation=config.type,
-            column=config.kwargs.get("column"),
-            severity=str(getattr(config.severity, "value", config.severity)),
-            unexpected_percent=details.get("unexpected_percent"),
-            examples=examples,
-        )
-        (gate.critical if failure.severity == "critical" else gate.warnings).append(failure)
-    for warning in gate.warnings:
-        log.warning("data-quality warning: %s", warning.describe())
-    return gate
+    )
+    outcome = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=RunIdentifier(run_name=run_name))
+    return next(iter(outcome.run_results.values()))
+
+
+def _failure(outcome: Any) -> FailedExpectation:
+    """One failed GE expectation result as a ``FailedExpectation`` (its error message when it raised)."""
+    config = outcome.expectation_config
+    details = outcome.result or {}
+    if outcome.exception_info and outcome.exception_info.get("raised_exception"):
+        examples: list[Any] = [str(outcome.exception_info.get("exception_message", "")).splitlines()[0][:200]]
+    else:
+        examples = [_plain(v) for v in details.get("partial_unexpected_list") or []][:5]
+        if not examples and "observed_value" in details:
+            examples = [f"observed {_plain(details['observed_value'])}"]
+    return FailedExpectation(
+        expectation=config.type,
+        column=config.kwargs.get("column"),
+        severity=str(getattr(config.severity, "value", config.severity)),
+        unexpected_percent=details.get("unexpected_percent"),
+        examples=examples,
+    )
 
 
 _CATEGORY_SAFE = frozenset(

@@ -75,12 +75,16 @@ def ingest_batch(
         )
     whole_file = source.stem == batch
     move = whole_file and quarantine_moves_source
+    others = [b for b in lake.batches(table) if b != batch]
+    spark = engine_for(config, paths) if config.engine.kind == "spark" else None
     try:
-        limit = config.dataset.max_batch_rows if whole_file else None
-        frame = read_source(source, config.dataset.source.format, max_rows=limit)
-        others = [b for b in lake.batches(table) if b != batch]
-        known = lake.ids_in(table, others, config.dataset.id_column) if others else set()
-        clean = clean_batch(config, frame, batch, source, known)
+        if spark is not None:  # the same rules as Spark jobs (ml.engines.spark.SparkEngine.ingest)
+            clean: Any = spark.ingest(batch, source, others)  # type: ignore[attr-defined]
+        else:
+            limit = config.dataset.max_batch_rows if whole_file else None
+            frame = read_source(source, config.dataset.source.format, max_rows=limit)
+            known = lake.ids_in(table, others, config.dataset.id_column) if others else set()
+            clean = clean_batch(config, frame, batch, source, known)
     except BatchRejected as exc:
         quality.quarantine(quarantine_dir, source, str(exc), None, None, move_source=move)
         raise
@@ -89,11 +93,15 @@ def ingest_batch(
     )
     if not result.passed:
         result.quarantined_to = str(quarantine_dir)
-        quality.quarantine(quarantine_dir, source, "data-quality gate failed", result, clean.frame, move)
+        rows = clean.frame if spark is None else None  # a Spark batch keeps its landed file instead
+        quality.quarantine(quarantine_dir, source, "data-quality gate failed", result, rows, move)
         raise quality.QualityGateFailed(f"{source} (batch {batch})", result)
     for warning in clean.warnings:
         log.warning("%s: %s", source, warning)
-    partition = lake.write(table, batch, clean.frame, source=str(source))
+    if spark is not None:
+        partition = spark.write_batch(batch, clean, source)  # type: ignore[attr-defined]
+    else:
+        partition = lake.write(table, batch, clean.frame, source=str(source))
     return {
         "batch": batch,
         "rows": partition.rows,

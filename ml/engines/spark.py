@@ -8,8 +8,8 @@ Connect server) must see the lake at the same path (a shared filesystem or objec
 
 What each step computes, and how it matches the local path:
 
-- ``validate``: the dataset's GE suite on the Spark DataFrame of the batches (GE's Spark execution engine):
-  the same ``GateResult`` and verdicts as ``ml.quality.validate``.
+- ``validate``: ``ml.quality.validate`` itself on the Spark DataFrame of the batches (GE's Spark execution
+  engine, chosen by the frame's type): the same suite, ``GateResult`` and verdicts as the local gate.
 - ``train``: the holdout split of ``ml.train.split_holdout`` (the latest share of the newest batch by event
   time, collected to pandas), ``xgboost.spark.SparkXGBClassifier`` on the rest with the local hyperparameters
   and encoding (numeric as float, categoricals as codes of the sorted training vocabulary, marked ``c``), the
@@ -30,30 +30,31 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from ml import drift, performance, train
+from ml import drift, performance, quality, train
 from ml.config import LooplineConfig, Paths, SparkConfig
 from ml.engines.base import MonitoredBatch, TrainedModel
 from ml.engines.spark_profile import profile_columns
-from ml.engines.spark_quality import validate_frame
 from ml.features import FeatureSpec, resolve_features
-from ml.lake import DATA_FILE, Lake, LakeError
+from ml.lake import DATA_FILE, Lake, LakeError, Partition
 
 if TYPE_CHECKING:
     import xgboost as xgb
     from pyspark.sql import DataFrame, SparkSession
-
-    from ml.quality import GateResult
 
 log = logging.getLogger(__name__)
 SCORE_COLUMN = "__score__"
 ROW_COLUMN = "__row__"
 LABEL_COLUMN = "__label__"
 METRIC_DECIMALS = 6
+WRITE_CHUNK_ROWS = 100_000
+"""Rows per pandas chunk when a Spark-cleaned batch is written through ``Lake.write_stream``."""
 """Train metrics are computed from a histogram of (label, score rounded to this many decimals)."""
 INSTALL = 'pip install "loopline[spark]"  (pyspark 4.1 with great-expectations[spark]; needs Java 17)'
 DEFAULT_CONF = {
@@ -258,13 +259,159 @@ class SparkEngine:
         """The dataset's accepted batches as a DataFrame (on the data session unless one is given)."""
         return read_batches(session or data_session(self.spark), self.lake, self.config.dataset.name, batches)
 
-    def validate(self, batches: list[str], run_name: str) -> GateResult:
+    def validate(self, batches: list[str], run_name: str) -> quality.GateResult:
         """The dataset's GE suite over the batches, on GE's Spark execution engine (Data Docs built)."""
         from ml.steps import data_docs_dir
 
         with spark_mode(data_session(self.spark)) as session:
             frame = self.read(batches, session)
-            return validate_frame(frame, self.config.suite_path(), data_docs_dir(self.paths), run_name)
+            return quality.validate(frame, self.config.suite_path(), data_docs_dir(self.paths), run_name)
+
+    def ingest(self, batch: str, source: Path, others: list[str]) -> SparkBatch:
+        """Landing file -> schema -> the batch's rows -> dedup (in the file, then against ``others``), on Spark.
+
+        ``ml.ingest.clean_batch``'s rules and messages (without row numbers) on a Spark DataFrame read by path:
+        every CSV field is read as text and parsed as the local path parses it (numbers as doubles, the time as
+        a UTC timestamp without zone, the target as 0/1 of ``positive_class``); ``BatchRejected`` names each
+        problem. Rows keep the file's order; the first of each id is kept.
+        """
+        with spark_mode(data_session(self.spark)) as session:
+            return self._ingest(session, batch, source, others)
+
+    def _ingest(self, session: SparkSession, batch: str, source: Path, others: list[str]) -> SparkBatch:
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
+
+        from ml.batches import window_of
+        from ml.ingest import BatchRejected
+
+        dataset = self.config.dataset
+        if "infer" in (dataset.numeric_features, dataset.categorical_features):
+            raise ValueError("engine spark ingests datasets whose features are listed, not inferred")
+        reader = session.read.option("header", True).option("mode", "FAILFAST")
+        fmt = dataset.source.format
+        raw = reader.csv(str(source)) if fmt == "csv" else session.read.parquet(str(source))
+        raw = raw.withColumn(ROW_COLUMN, F.monotonically_increasing_id()).persist()
+        rows_read = raw.count()
+        if rows_read > dataset.max_batch_rows:
+            raise BatchRejected(
+                source, [f"{rows_read} rows exceed dataset.max_batch_rows={dataset.max_batch_rows}"]
+            )
+        numeric, categorical = list(dataset.numeric_features), list(dataset.categorical_features)
+        time = [dataset.time_column] if dataset.time_column else []
+        required = [dataset.id_column, *time, *numeric, *categorical, dataset.target]
+        missing = [c for c in required if c not in raw.columns]
+        if missing:
+            raise BatchRejected(
+                source,
+                [
+                    f"missing required column(s) {', '.join(missing)}: restore them in the export, "
+                    "or remove them from dataset.*_features in the config"
+                ],
+            )
+        warnings = []
+        extra = [c for c in raw.columns if c not in required and c != ROW_COLUMN]
+        if extra:
+            warnings.append(
+                f"dropped unexpected column(s) {', '.join(extra)} (add them to the config to use them)"
+            )
+        text = {c: F.col(c).cast("string") for c in required}
+        parsed = {
+            dataset.id_column: text[dataset.id_column],
+            **{c: F.to_timestamp_ntz(text[c]) for c in time},
+            **{c: F.trim(text[c]).cast("double") for c in numeric},
+            **{c: text[c] for c in categorical},
+        }
+        bad = {
+            dataset.id_column: text[dataset.id_column].isNull(),
+            **{c: parsed[c].isNull() for c in time},
+            **{c: text[c].isNotNull() & parsed[c].isNull() for c in numeric},
+        }
+        counts = raw.agg(
+            *[F.count_if(flag).alias(f"bad:{c}") for c, flag in bad.items()],
+            *[F.count(parsed[c]).alias(f"present:{c}") for c in [*numeric, *categorical]],
+            F.collect_set(text[dataset.target]).alias("classes"),
+        ).collect()[0]
+        problems = [
+            f"column {c}: {counts[f'bad:{c}']} "
+            + ("empty id(s)" if c == dataset.id_column else f"bad value(s) {_examples(raw, c, flag)}")
+            for c, flag in bad.items()
+            if counts[f"bad:{c}"]
+        ]
+        problems += [
+            f"column {c}: every value is empty (check the export)"
+            for c in [*numeric, *categorical]
+            if not counts[f"present:{c}"]
+        ]
+        positive = str(dataset.positive_class)
+        classes = sorted(counts["classes"])
+        normalised = {c: c.removesuffix(".0") for c in classes}
+        if len(classes) > 2:
+            problems.append(
+                f"column {dataset.target}: {len(classes)} classes {classes[:10]} found; a binary target has two"
+            )
+        elif classes and positive not in normalised.values():
+            problems.append(
+                f"column {dataset.target}: positive class {positive!r} never occurs (classes seen: {classes})"
+            )
+        if problems:
+            raise BatchRejected(source, problems)
+        target = F.regexp_replace(text[dataset.target], r"\.0$", "")
+        parsed[dataset.target] = F.when(target.isNotNull(), (target == positive).cast("int"))
+        clean = raw.select(*[parsed[c].alias(c) for c in required], ROW_COLUMN)
+        if self.config.batching.by != "rows" and dataset.time_column:
+            start, end = window_of(batch, self.config.batching)
+            at = F.col(dataset.time_column)
+            inside = (at >= F.lit(start.to_pydatetime()).cast("timestamp_ntz")) & (
+                at < F.lit(end.to_pydatetime()).cast("timestamp_ntz")
+            )
+            if source.stem == batch:
+                outside = clean.where(~inside).count()
+                if outside:
+                    raise BatchRejected(
+                        source,
+                        [
+                            f"column {dataset.time_column}: {outside} time(s) outside the batch window "
+                            f"[{start:%Y-%m-%d}, {end:%Y-%m-%d}): move those rows to their own batch file"
+                        ],
+                    )
+            clean = clean.where(inside)
+        elif source.stem != batch:
+            raise ValueError("engine spark ingests row batches only from one file per batch")
+        windowed = clean.count()
+        first = Window.partitionBy(dataset.id_column).orderBy(ROW_COLUMN)
+        clean = (
+            clean.withColumn("__rank__", F.row_number().over(first)).where("__rank__ = 1").drop("__rank__")
+        )
+        if others:
+            unique = clean.count()
+            known = self.read(others, session).select(dataset.id_column).distinct()
+            clean = clean.join(known, dataset.id_column, "left_anti")
+        clean = clean.orderBy(ROW_COLUMN).drop(ROW_COLUMN).persist()
+        kept = clean.count()
+        raw.unpersist()
+        if others and unique > kept:
+            warnings.append(
+                f"dropped {unique - kept} row(s) whose id is already in another batch of the lake"
+            )
+        if windowed > kept:
+            warnings.append(f"dropped {windowed - kept} duplicate id(s) in column {dataset.id_column}")
+        return SparkBatch(clean, rows_read, windowed - kept, warnings)
+
+    def write_batch(self, batch: str, cleaned: SparkBatch, source: Path) -> Partition:
+        """The cleaned rows as the batch's lake partition through ``Lake.write_stream`` (atomic, hashed), in
+        chunks, with the local ingest's column types."""
+        dataset = self.config.dataset
+        types = {dataset.id_column: "object", dataset.target: "Int64"}
+        types |= {c: "float64" for c in dataset.numeric_features}
+        types |= {c: "object" for c in dataset.categorical_features}
+        if dataset.time_column:
+            types[dataset.time_column] = "datetime64[us]"
+        chunks = _local_chunks(cleaned.frame, WRITE_CHUNK_ROWS, types)
+        try:
+            return self.lake.write_stream(dataset.name, batch, chunks, source=str(source))
+        finally:
+            cleaned.frame.unpersist()
 
     def split(self, batches: list[str], session: SparkSession) -> tuple[DataFrame, pd.DataFrame]:
         """Training rows (Spark) and the holdout (pandas): ``ml.train.split_holdout`` on Spark.
@@ -513,3 +660,28 @@ def _profile_document(
     )
     document["columns"][drift.SCORE] = columns[drift.SCORE]
     return document
+
+
+@dataclass
+class SparkBatch:
+    """A landed batch cleaned on Spark (``ml.ingest.clean_batch``'s rules): rows for the gate and the lake."""
+
+    frame: DataFrame
+    rows_read: int
+    duplicates_dropped: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def _examples(frame: DataFrame, column: str, bad: Any) -> str:
+    """Up to five offending raw values of ``column``, for a rejection message."""
+    values = [row[0] for row in frame.where(bad).select(column).limit(5).collect()]
+    return ", ".join(repr(v) for v in values)
+
+
+def _local_chunks(frame: DataFrame, rows: int, dtypes: dict[str, str]) -> Iterator[pd.DataFrame]:
+    """``frame``'s rows on the driver as pandas frames of at most ``rows`` rows (one Spark partition at a time)."""
+    from itertools import islice
+
+    records = frame.toLocalIterator(prefetchPartitions=True)
+    while chunk := list(islice(records, rows)):
+        yield pd.DataFrame.from_records(chunk, columns=frame.columns).astype(dtypes)

@@ -184,7 +184,7 @@ def _categorical(rows: int, values: list[Any], counts: np.ndarray) -> dict[str, 
     """``drift.categorical_profile`` of the collected value counts (keys as ``drift.category_counts`` makes them)."""
     merged: dict[str, int] = {}
     for value, count in zip(values, counts, strict=True):
-        key = drift._category_key(value)
+        key = drift.category_key(value)
         merged[key] = merged.get(key, 0) + int(count)
     return drift.categorical_profile(merged, rows)
 

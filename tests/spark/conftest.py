@@ -106,15 +106,22 @@ def _write_lake(home: Path, config: Any) -> None:
 
 
 @pytest.fixture(scope="session")
-def spark_home(tmp_path_factory: pytest.TempPathFactory, spark_config: Any) -> tuple[Any, Any]:
+def spark_loopline_config(spark_config: Any) -> Any:
+    """The embedded config (``loopline.yaml``) with ``engine.kind: spark`` on the test's Spark settings."""
+    from ml.config import EngineConfig, load_config
+
+    base = load_config(ROOT / "loopline.yaml")
+    return base.model_copy(update={"engine": EngineConfig(kind="spark", spark=spark_config)})
+
+
+@pytest.fixture(scope="session")
+def spark_home(tmp_path_factory: pytest.TempPathFactory, spark_loopline_config: Any) -> tuple[Any, Any]:
     """(config with engine spark, paths) over a lake of demo months; shared by the whole directory."""
-    from ml.config import EngineConfig, Paths, load_config
+    from ml.config import Paths
 
     home = tmp_path_factory.mktemp("spark-home")
-    base = load_config(ROOT / "loopline.yaml")
-    config = base.model_copy(update={"engine": EngineConfig(kind="spark", spark=spark_config)})
-    _write_lake(home, config)
-    return config, Paths(home)
+    _write_lake(home, spark_loopline_config)
+    return spark_loopline_config, Paths(home)
 
 
 @pytest.fixture(scope="session")
