@@ -18,7 +18,7 @@ import pandas as pd
 from ml import quality
 from ml.config import LooplineConfig, Paths
 from ml.engines import engine_for
-from ml.ingest import BatchRejected, clean_batch, landing_path, read_source
+from ml.ingest import BatchRejected, landing_path
 from ml.lake import Lake, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -76,15 +76,9 @@ def ingest_batch(
     whole_file = source.stem == batch
     move = whole_file and quarantine_moves_source
     others = [b for b in lake.batches(table) if b != batch]
-    spark = engine_for(config, paths) if config.engine.kind == "spark" else None
+    engine = engine_for(config, paths)
     try:
-        if spark is not None:  # the same rules as Spark jobs (ml.engines.spark.SparkEngine.ingest)
-            clean: Any = spark.ingest(batch, source, others)  # type: ignore[attr-defined]
-        else:
-            limit = config.dataset.max_batch_rows if whole_file else None
-            frame = read_source(source, config.dataset.source.format, max_rows=limit)
-            known = lake.ids_in(table, others, config.dataset.id_column) if others else set()
-            clean = clean_batch(config, frame, batch, source, known)
+        clean = engine.ingest(batch, source, others)
     except BatchRejected as exc:
         quality.quarantine(quarantine_dir, source, str(exc), None, None, move_source=move)
         raise
@@ -93,15 +87,13 @@ def ingest_batch(
     )
     if not result.passed:
         result.quarantined_to = str(quarantine_dir)
-        rows = clean.frame if spark is None else None  # a Spark batch keeps its landed file instead
+        # The cleaned rows go with the result when local; a Spark batch keeps its landed file instead.
+        rows = clean.frame if isinstance(clean.frame, pd.DataFrame) else None
         quality.quarantine(quarantine_dir, source, "data-quality gate failed", result, rows, move)
         raise quality.QualityGateFailed(f"{source} (batch {batch})", result)
     for warning in clean.warnings:
         log.warning("%s: %s", source, warning)
-    if spark is not None:
-        partition = spark.write_batch(batch, clean, source)  # type: ignore[attr-defined]
-    else:
-        partition = lake.write(table, batch, clean.frame, source=str(source))
+    partition = engine.write_batch(batch, clean, source)
     return {
         "batch": batch,
         "rows": partition.rows,

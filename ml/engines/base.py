@@ -1,7 +1,8 @@
 """The seam between the loop's steps and the engine that does their data-heavy work.
 
-``ml.steps`` keeps the transaction of each step (MLflow logging, the registry, reports, the policy); an engine
-reads the lake and computes: the window's quality gate, training with its reference profile, a batch's drift
+``ml.steps`` keeps the transaction of each step (MLflow logging, the registry, reports, the policy, quarantine);
+an engine reads the landing zone and the lake and computes: a landed batch's cleaning and its partition, the
+window's quality gate, training with its reference profile, a batch's drift
 statistics and its scores. ``local`` (pandas, pyarrow and XGBoost in the task's process, out of core past the
 memory budget) and ``spark`` (Apache Spark jobs) give the same results within a stated tolerance, so the DAG
 files never change between engines.
@@ -10,6 +11,7 @@ files never change between engines.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from ml.config import LooplineConfig, Paths
     from ml.drift import DriftResult
     from ml.features import FeatureSpec
+    from ml.lake import Partition
     from ml.quality import GateResult
 
 
@@ -41,6 +44,15 @@ class TrainedModel:
     """Engine facts for the run's tags (``loopline.engine``, out-of-core or not, partitions read)."""
 
 
+class CleanedBatch(Protocol):
+    """A landed batch after ``ingest``: its rows (a pandas or Spark DataFrame) and what cleaning did."""
+
+    frame: Any
+    rows_read: int
+    duplicates_dropped: int
+    warnings: list[str]
+
+
 @dataclass
 class MonitoredBatch:
     """A batch compared with the champion's reference profile, plus realised performance when labelled."""
@@ -56,6 +68,17 @@ class Engine(Protocol):
     name: str
     config: LooplineConfig
     paths: Paths
+
+    def ingest(self, batch: str, source: Path, others: list[str]) -> CleanedBatch:
+        """Landing file -> schema -> the batch's rows -> dedup (in the file, then against ``others``' ids).
+
+        Raises ``ml.ingest.BatchRejected`` naming each problem; writes nothing.
+        """
+        ...
+
+    def write_batch(self, batch: str, cleaned: CleanedBatch, source: Path) -> Partition:
+        """The cleaned rows (after the gate) as the batch's lake partition, atomically (replaced on re-run)."""
+        ...
 
     def validate(self, batches: list[str], run_name: str) -> GateResult:
         """The dataset's GE suite over the batches, as one verdict (Data Docs built, raw result kept)."""

@@ -33,7 +33,8 @@ from ml.config import LooplineConfig, Paths
 from ml.engines.base import MonitoredBatch, TrainedModel
 from ml.evaluate import classification_metrics, roc_auc
 from ml.features import FeatureSpec, fit_vocabulary, resolve_features
-from ml.lake import Lake
+from ml.ingest import CleanBatch, clean_batch, read_source
+from ml.lake import Lake, Partition
 
 if TYPE_CHECKING:
     import xgboost as xgb
@@ -53,6 +54,20 @@ class LocalEngine:
         self.paths = paths
         self.lake = Lake(paths.lake)
         self.table = config.dataset.name
+
+    # -- ingestion -----------------------------------------------------------------------------------------
+
+    def ingest(self, batch: str, source: Path, others: list[str]) -> CleanBatch:
+        """``ml.ingest.clean_batch`` on the landed file (a whole-batch file stops reading past the row limit)."""
+        dataset = self.config.dataset
+        limit = dataset.max_batch_rows if source.stem == batch else None
+        frame = read_source(source, dataset.source.format, max_rows=limit)
+        known = self.lake.ids_in(self.table, others, dataset.id_column) if others else set()
+        return clean_batch(self.config, frame, batch, source, known)
+
+    def write_batch(self, batch: str, cleaned: CleanBatch, source: Path) -> Partition:
+        """The cleaned frame as the batch's partition (``Lake.write``: atomic, hashed)."""
+        return self.lake.write(self.table, batch, cleaned.frame, source=str(source))
 
     # -- reading -------------------------------------------------------------------------------------------
 
