@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "plugins"))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _default_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A test that picks no home of its own writes under the session's tmp folder, never the checkout's."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LOOPLINE_HOME", str(tmp_path_factory.mktemp("default-home")))
+        yield
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory):
-    import os
 
     from ml.config import Paths, load_config
 
@@ -28,8 +27,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     raw["promotion"] = {"require_approval": True, "approval_timeout_hours": 1}
     config_file = home / "loopline.yaml"
     config_file.write_text(yaml.safe_dump(raw))
-    os.environ["LOOPLINE_HOME"] = str(home / "state")
-    os.environ["LOOPLINE_CONFIG"] = str(config_file)
+    restore = pytest.MonkeyPatch()  # undone after the module: later tests get their own homes
+    restore.setenv("LOOPLINE_HOME", str(home / "state"))
+    restore.setenv("LOOPLINE_CONFIG", str(config_file))
     config, paths = load_config(), Paths.from_env()
     scenario = demo_data.Scenario(months=3, rows_per_month=2500, incident_months=())
     demo_data.write_landing(scenario, paths.landing / "loans")
@@ -47,6 +47,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         yield client, config
     finally:
         running.stop()
+        restore.undo()
 
 
 def _review(client: AirflowClient, option: str) -> tuple[str, dict]:

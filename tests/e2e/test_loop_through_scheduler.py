@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,20 +18,19 @@ OPTIONS = DemoOptions(
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    import os
-
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     from ml.config import Paths, load_config
 
     home = tmp_path_factory.mktemp("loop")
     root = Path(__file__).resolve().parents[2]
-    os.environ["LOOPLINE_HOME"] = str(home)
-    os.environ["LOOPLINE_CONFIG"] = str(root / "loopline.yaml")
-    config, paths = load_config(), Paths.from_env()
-    lines: list[str] = []
-    summary = run_demo(config, paths, OPTIONS, echo=lines.append)
-    print("\n".join(lines))
-    return {"summary": summary, "config": config, "paths": paths}
+    with pytest.MonkeyPatch.context() as env:  # undone after the module: later tests get their own homes
+        env.setenv("LOOPLINE_HOME", str(home))
+        env.setenv("LOOPLINE_CONFIG", str(root / "loopline.yaml"))
+        config, paths = load_config(), Paths.from_env()
+        lines: list[str] = []
+        summary = run_demo(config, paths, OPTIONS, echo=lines.append)
+        print("\n".join(lines))
+        yield {"summary": summary, "config": config, "paths": paths}
 
 
 def _timeline(demo: dict) -> dict[str, dict]:

@@ -209,7 +209,7 @@ def test_every_service_binds_127_0_0_1(captured: dict[str, Any]) -> None:
 
 
 @pytest.mark.fast
-def test_mlflow_requires_a_login_in_the_prod_profile(captured: dict[str, Any]) -> None:
+def test_mlflow_requires_a_login_in_the_prod_profile(captured: dict[str, Any], tmp_path: Path) -> None:
     import configparser
     import json
 
@@ -223,8 +223,7 @@ def test_mlflow_requires_a_login_in_the_prod_profile(captured: dict[str, Any]) -
         )
         config_file = Path(env["MLFLOW_AUTH_CONFIG_PATH"])
         assert stat.S_IMODE(config_file.stat().st_mode) == 0o600
-        home = Path(env["LOOPLINE_HOME"]) if "LOOPLINE_HOME" in env else config_file.parents[2]
-        assert config_file.is_relative_to(home)
+        assert config_file.is_relative_to(tmp_path / "prod")  # the profile's own home
         settings = configparser.ConfigParser()
         settings.read(config_file)
         admin_password = settings["mlflow"]["admin_password"]
