@@ -26,7 +26,7 @@ $(SPARK_STAMP): $(STAMP)
 java:                   ## a Java 17 runtime for the Spark engine's tests (Debian's openjdk-17-jre-headless)
 	@command -v java >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless >/dev/null; }
 
-demo: $(STAMP)          ## the whole loop through a real Airflow scheduler (about 3-5 minutes)
+demo: $(STAMP)          ## the whole loop through a real Airflow scheduler (about 4-7 minutes)
 	$(BIN)/loopline demo
 
 browser:                ## Debian's Chromium for the UI tests (no browser download at run time)
