@@ -8,9 +8,7 @@ when it is unreachable the tests that need it fail if ``$CI`` is set and are ski
 
 from __future__ import annotations
 
-import os
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serve_support import PG_ADMIN_URL, Home, Server, build_home, postgres_problem
+from serve_support import Home, Server, build_home
 
 
 @pytest.fixture(scope="session")
@@ -48,28 +46,6 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
     for server in started:
         if server.process.poll() is None:
             server.kill()
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test (dropped after); fail under $CI when unreachable."""
-    from sqlalchemy import create_engine, text
-
-    problem = postgres_problem()
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
-    name = f"loopline_serve_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

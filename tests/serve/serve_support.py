@@ -22,7 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG_FILE = ROOT / "loopline.yaml"
 TOKEN = "serve-test-token-" + "x" * 24
 PORTS = range(28600, 28700)
-PG_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 
 
 def free_port() -> int:
@@ -234,14 +233,6 @@ def store_rows(url: str) -> list[dict[str, Any]]:
             return [dict(r) for r in connection.execute(select(Prediction.__table__)).mappings()]
     finally:
         engine.dispose()
-
-
-def postgres_problem() -> str | None:
-    try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=2):
-            return None
-    except OSError as exc:
-        return f"PostgreSQL not reachable at 127.0.0.1:5432 ({exc})"
 
 
 @dataclass(frozen=True)

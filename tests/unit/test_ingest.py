@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,36 +143,6 @@ def test_missing_target_stays_unlabelled_not_negative(config, tmp_path: Path, mo
     assert set(clean.frame["defaulted"].dropna().unique()) <= {0, 1}
 
 
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A uniquely named PostgreSQL database (dropped after); skipped when PostgreSQL is unreachable, failed
-    under $CI."""
-    import os
-    import socket
-    import uuid
-
-    from sqlalchemy import create_engine, text
-
-    try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=2).close()
-    except OSError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL not reachable at 127.0.0.1:5432 ({exc})")
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({exc})")
-    name = f"loopline_ingest_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(
-        "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT"
-    )
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def _sql_config(tmp_path: Path, source: dict[str, str]) -> Any:
     import yaml
 
@@ -188,7 +157,7 @@ def _sql_config(tmp_path: Path, source: dict[str, str]) -> Any:
 
 
 def test_sql_source_windows_ingest_into_the_lake_on_postgresql(
-    pg_database: str, paths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pg_url: str, paths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from sqlalchemy import create_engine, text
 
@@ -197,7 +166,7 @@ def test_sql_source_windows_ingest_into_the_lake_on_postgresql(
 
     scenario = Scenario(rows_per_month=600, incident_months=())
     months = pd.concat([generate_month(scenario, 1), generate_month(scenario, 2)], ignore_index=True)
-    engine = create_engine(pg_database)
+    engine = create_engine(pg_url)
     months.to_sql("loan_applications", engine, schema="public", index=False)
     with engine.begin() as connection:  # a row whose text would break formatted SQL stays plain data
         connection.execute(
@@ -205,7 +174,7 @@ def test_sql_source_windows_ingest_into_the_lake_on_postgresql(
             {"evil": "car'); DROP TABLE loan_applications; --", "id": months["loan_id"].iloc[0]},
         )
     engine.dispose()
-    password_free = pg_database.replace("postgres@", "${LOOPLINE_TEST_PG_USER}@")
+    password_free = pg_url.replace("postgres@", "${LOOPLINE_TEST_PG_USER}@")
     monkeypatch.setenv("LOOPLINE_TEST_PG_USER", "postgres")
     by_table = _sql_config(
         tmp_path, {"format": "sql", "url": password_free, "table": "public.loan_applications"}
@@ -224,7 +193,7 @@ def test_sql_source_windows_ingest_into_the_lake_on_postgresql(
         tmp_path,
         {
             "format": "sql",
-            "url": pg_database,
+            "url": pg_url,
             "query": "SELECT * FROM loan_applications WHERE applied_at >= :start AND applied_at < :end",
         },
     )
