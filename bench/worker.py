@@ -266,7 +266,8 @@ def _training_inputs(config: Any, paths: Any, batches: list[str]) -> tuple[Any, 
     from ml import steps, train
     from ml.features import resolve_features
 
-    older, newest = steps._window(config, paths, batches)
+    lake, table = steps.lake_of(paths), config.dataset.name
+    older, newest = lake.read(table, batches[:-1]), lake.read(table, batches[-1:])
     split = train.split_holdout(older, newest, config)
     spec = resolve_features(config, split.train.columns, split.train.dtypes)
     return split.train, spec, train.hyperparameters(config.training, {})
@@ -627,6 +628,7 @@ def out_of_core_step(args: Args) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - started, "rows": rows, "out_of_core": bool(streamed), **found}
 
 
+@task
 def loop_latency(args: Args) -> dict[str, Any]:
     """New batch lands -> monitor -> retrain -> new champion, through the embedded Airflow (``bench.loop``)."""
     from bench import loop
