@@ -58,7 +58,9 @@ def test_swaps_under_load_without_a_failed_request(swap_home, start_server) -> N
             assert registry.rollback(config, None, "test") == (v2, "1")
         rolled_back = time.time()
         reload = notify_reload(server.url, TOKEN, timeout=LOAD_BUDGET)
-        assert reload is not None and reload["version"] == "1" and reload["changed"] is True
+        # the worker that answers either swaps now or had already seen the alias move on its own poll
+        assert reload is not None and reload["version"] == "1"
+        assert reload["changed"] is True or reload["before"] == "1", reload
         server.wait_ready(version="1", timeout=LOAD_BUDGET)
         all_back = time.time()
         time.sleep(1)
