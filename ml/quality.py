@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +29,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DATA_DOCS_SITE = "loopline"
+GATE_FORMAT = {"result_format": "BOOLEAN_ONLY"}
+"""How GE decides each expectation: the verdict alone."""
 RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
+"""The details of each failed expectation: its unexpected share and examples."""
 
 
 class SuiteError(ValueError):
@@ -124,24 +128,32 @@ def validate(
     """Validate ``frame`` against the suite with Great Expectations.
 
     A pandas frame runs on GE's pandas engine; any other frame (a Spark DataFrame, classic or Connect) on GE's
-    Spark execution engine, with the same suite, severities and ``GateResult``. With ``docs_dir``, the run goes
-    through a GE Checkpoint whose UpdateDataDocsAction renders the result into the Data Docs site in that folder
-    (``index.html``), named by ``run_name``.
+    Spark execution engine, with the same suite, severities and ``GateResult``. With ``docs_dir``, GE renders the
+    result into the Data Docs site in that folder (``index.html``), named by ``run_name``.
     """
+    return _validate_document(frame, load_suite(suite_path), suite_path, docs_dir, run_name)
+
+
+def _validate_document(
+    frame: pd.DataFrame | SparkFrame,
+    document: dict[str, Any],
+    suite_path: Path,
+    docs_dir: Path | None = None,
+    run_name: str | None = None,
+) -> GateResult:
+    """``validate`` with the suite already loaded (``suite_path`` names it in errors)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    document = load_suite(suite_path)
     suite = _ge_suite(gx, document, suite_path)
-    if isinstance(frame, pd.DataFrame):
-        frame = _as_categories(frame, document["expectations"])
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    result = _run(gx, context, suite, frame, docs_dir, run_name)
-    gate = GateResult(suite=suite.name, evaluated=len(result.results), raw=result.to_json_dict())
+    result = _run(context, suite, frame)
+    gate = GateResult(suite=suite.name, evaluated=len(result.results))
     if docs_dir is not None:
-        gate.data_docs = str(docs_dir / "index.html")
+        gate.data_docs = _render_data_docs(context, suite, result, docs_dir, run_name)
+    gate.raw = result.to_json_dict()
     for failure in (_failure(outcome) for outcome in result.results if not outcome.success):
         (gate.critical if failure.severity == "critical" else gate.warnings).append(failure)
     for warning in gate.warnings:
@@ -150,40 +162,140 @@ def validate(
 
 
 def _ge_suite(gx: Any, document: dict[str, Any], suite_path: Path) -> Any:
-    """The suite document as a GE ExpectationSuite, each expectation with its severity (unknown types refused)."""
-    for item in document["expectations"]:
-        item["severity"] = _severity_of(item)
+    """The suite document as a GE ExpectationSuite, each expectation with its severity (unknown types refused).
+
+    Every expectation gets an id (a fresh one where the file has none): ``_run`` puts GE's results back in the
+    suite's order by it.
+    """
+    items = [{**item, "severity": _severity_of(item)} for item in document["expectations"]]
     suite = gx.ExpectationSuite(
-        **{k: v for k, v in document.items() if k in {"name", "expectations", "meta"}}
+        **{k: v for k, v in document.items() if k in {"name", "meta"}}, expectations=items
     )
-    if len(suite.expectations) != len(document["expectations"]):
+    if len(suite.expectations) != len(items):
         kept = {e.expectation_type for e in suite.expectations}
-        lost = [e.get("type") for e in document["expectations"] if e.get("type") not in kept]
+        lost = [e.get("type") for e in items if e.get("type") not in kept]
         raise SuiteError(f"{suite_path}: Great Expectations does not know expectation type(s) {lost}")
+    for expectation in suite.expectations:
+        expectation.id = expectation.id or str(uuid.uuid4())
     return suite
 
 
-def _run(
-    gx: Any,
-    context: Any,
-    suite: Any,
-    frame: pd.DataFrame | SparkFrame,
-    docs_dir: Path | None,
-    run_name: str | None,
-) -> Any:
-    """GE's validation result of ``frame`` through a dataframe asset of the datasource its type needs.
+def _run(context: Any, suite: Any, frame: pd.DataFrame | SparkFrame) -> Any:
+    """GE's validation result of ``frame``: one ``ExpectationSuiteValidationResult`` in the suite's order.
 
-    With ``docs_dir`` the run goes through a Checkpoint that updates the Data Docs site there.
+    GE decides every expectation with ``BOOLEAN_ONLY`` results; only the expectations that failed are validated
+    again with ``RESULT_FORMAT`` (SUMMARY: unexpected share and examples). Formatting SUMMARY results costs GE
+    several full-frame filters per column-map expectation even when it holds, and a gate mostly sees batches
+    that pass. Each domain of ``_domains`` is one batch of the same batch definition.
     """
+    from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
+    from great_expectations.validator.v1_validator import Validator
+    from great_expectations.validator.validation_statistics import calc_validation_statistics
+
     sources = context.data_sources
     source = (
         sources.add_pandas("loopline") if isinstance(frame, pd.DataFrame) else sources.add_spark("loopline")
     )
     definition = source.add_dataframe_asset("batch").add_batch_definition_whole_dataframe("whole")
-    if docs_dir is None:
-        batch = definition.get_batch(batch_parameters={"dataframe": frame})
-        return batch.validate(suite, result_format=RESULT_FORMAT)
+    by_id = {expectation.id: expectation for expectation in suite.expectations}
+    outcomes: dict[str, Any] = {}
+    first = None
+    _skip_fingerprints()
+    for data, expectations in _domains(frame, suite.expectations):
+        validator = Validator(
+            batch_definition=definition, batch_parameters={"dataframe": data}, result_format=GATE_FORMAT
+        )
+        part = validator.validate_expectation_suite(_subsuite(suite, expectations))
+        first = part if first is None else first
+        failed = [by_id[r.expectation_config.id] for r in part.results if not r.success]
+        outcomes.update((r.expectation_config.id, r) for r in part.results)
+        if failed:
+            validator.result_format = RESULT_FORMAT  # the same batch: the validator keeps it
+            details = validator.validate_expectation_suite(_subsuite(suite, failed))
+            outcomes.update((r.expectation_config.id, r) for r in details.results)
+    results = [outcomes[expectation.id] for expectation in suite.expectations]
+    statistics = calc_validation_statistics(results)
+    return ExpectationSuiteValidationResult(
+        success=statistics.success,
+        results=results,
+        suite_name=suite.name,
+        statistics={
+            "evaluated_expectations": statistics.evaluated_expectations,
+            "successful_expectations": statistics.successful_expectations,
+            "unsuccessful_expectations": statistics.unsuccessful_expectations,
+            "success_percent": statistics.success_percent,
+        },
+        meta=first.meta if first is not None else {},
+        batch_id=first.batch_id if first is not None else None,
+    )
+
+
+def _subsuite(suite: Any, expectations: list[Any]) -> Any:
+    """An ExpectationSuite of ``suite``'s name holding copies of only ``expectations`` (ids kept)."""
+    import great_expectations as gx
+
+    configurations = [expectation.configuration for expectation in expectations]
+    return gx.ExpectationSuite(name=suite.name, meta=suite.meta, expectations=configurations)
+
+
+def _domains(frame: pd.DataFrame | SparkFrame, expectations: list[Any]) -> list[tuple[Any, list[Any]]]:
+    """The frames GE validates, each with its expectations: the whole frame, and single columns with gaps.
+
+    For every column-map expectation GE's pandas engine drops the column's missing values by filtering the
+    WHOLE frame (a copy of all its columns; a cheap view when nothing is missing). An expectation on one column
+    that has missing values therefore runs on a frame of that column alone: the same rows, values and index,
+    so the same GE verdict and result, at 1/width of the copy. ``expect_column_to_exist`` (which may check the
+    column's position) and any expectation with a ``row_condition`` (which may read other columns) stay on the
+    whole frame, as does everything on a Spark frame.
+    """
+    if not isinstance(frame, pd.DataFrame):
+        return [(frame, list(expectations))]
+    whole: list[Any] = []
+    alone: dict[str, list[Any]] = {}
+    gaps: dict[str, bool] = {}
+    for expectation in expectations:
+        kwargs = expectation.configuration.kwargs
+        column = kwargs.get("column")
+        movable = (
+            isinstance(column, str)
+            and column in frame.columns
+            and expectation.expectation_type != "expect_column_to_exist"
+            and not kwargs.get("row_condition")
+        )
+        if movable and column not in gaps:
+            gaps[column] = bool(frame[column].isna().any())
+        if movable and gaps[column]:
+            alone.setdefault(column, []).append(expectation)
+        else:
+            whole.append(expectation)
+    domains = [(frame, whole)] if whole else []
+    return domains + [(frame[[column]], items) for column, items in alone.items()]
+
+
+def _skip_fingerprints() -> None:
+    """Stop GE's pandas engine computing its batch fingerprint (an MD5 over every cell, kept in result meta).
+
+    The fingerprint costs as much as the checks themselves and nothing in Loopline reads it (a lake partition
+    has its own content hash). GE itself skips it for frames over ``HASH_THRESHOLD`` bytes; this module is the
+    only user of GE in the process, so the threshold goes to 0 for good. Verdicts and results are unchanged.
+    """
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    if hasattr(pandas_execution_engine, "HASH_THRESHOLD"):
+        pandas_execution_engine.HASH_THRESHOLD = 0
+
+
+def _render_data_docs(context: Any, suite: Any, result: Any, docs_dir: Path, run_name: str | None) -> str:
+    """Render ``result`` and its suite into the Data Docs site in ``docs_dir``; the path of its index.html.
+
+    This is what GE's ``UpdateDataDocsAction`` does after a Checkpoint run: store the result, then rebuild the
+    site's pages for that result and suite.
+    """
     from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
 
     context.add_data_docs_site(
         DATA_DOCS_SITE,
@@ -193,20 +305,17 @@ def _run(
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         },
     )
-    suite = context.suites.add(suite)
-    validation = context.validation_definitions.add(
-        gx.ValidationDefinition(data=definition, suite=suite, name=f"{suite.name}-validation")
+    context.suites.add(suite)
+    run_id = RunIdentifier(run_name=run_name)
+    result.meta["run_id"] = run_id
+    result.meta["validation_time"] = run_id.run_time
+    suite_id = ExpectationSuiteIdentifier(name=suite.name)
+    result_id = ValidationResultIdentifier(
+        expectation_suite_identifier=suite_id, run_id=run_id, batch_identifier=result.batch_id
     )
-    checkpoint = context.checkpoints.add(
-        gx.Checkpoint(
-            name=f"{suite.name}-checkpoint",
-            validation_definitions=[validation],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DATA_DOCS_SITE])],
-            result_format=RESULT_FORMAT,
-        )
-    )
-    outcome = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=RunIdentifier(run_name=run_name))
-    return next(iter(outcome.run_results.values()))
+    context.validation_results_store.set(result_id, result)
+    context.build_data_docs(site_names=[DATA_DOCS_SITE], resource_identifiers=[result_id, suite_id])
+    return str(docs_dir / "index.html")
 
 
 def _failure(outcome: Any) -> FailedExpectation:
@@ -226,43 +335,6 @@ def _failure(outcome: Any) -> FailedExpectation:
         unexpected_percent=details.get("unexpected_percent"),
         examples=examples,
     )
-
-
-_CATEGORY_SAFE = frozenset(
-    {
-        "expect_column_to_exist",
-        "expect_column_values_to_not_be_null",
-        "expect_column_values_to_be_null",
-        "expect_column_values_to_be_in_set",
-        "expect_column_values_to_not_be_in_set",
-        "expect_column_values_to_be_unique",
-        "expect_column_distinct_values_to_be_in_set",
-    }
-)
-
-
-def _as_categories(frame: pd.DataFrame, expectations: list[dict[str, Any]]) -> pd.DataFrame:
-    """``frame`` with its text columns as ``category`` where every expectation on them is unaffected.
-
-    GE's pandas engine filters the whole frame once per column-map expectation; copying int codes instead of
-    strings makes each filter several times cheaper. A column any other expectation type reads (types,
-    lengths, regexes...) keeps its dtype.
-    """
-    unsafe = {
-        (item.get("kwargs") or {}).get("column")
-        for item in expectations
-        if item.get("type") not in _CATEGORY_SAFE
-    }
-    text = [
-        column
-        for column in frame.columns
-        if column not in unsafe
-        and (pd.api.types.is_string_dtype(frame[column]) or frame[column].dtype == object)
-        and not isinstance(frame[column].dtype, pd.CategoricalDtype)
-    ]
-    if not text:
-        return frame
-    return frame.assign(**{column: frame[column].astype("category") for column in text})
 
 
 def _plain(value: Any) -> Any:
@@ -566,10 +638,10 @@ def validate_stream(
         for check in checks:
             check.add(chunk)
         if others:
-            extra.append(_validate_subset(chunk, document, others, suite_path.parent))
+            extra.append(_validate_document(chunk, {**document, "expectations": others}, suite_path))
     if sample is None:
         raise ValueError("the window has no rows to validate")
-    first = validate(sample, suite_path, docs_dir, run_name)
+    first = _validate_document(sample, document, suite_path, docs_dir, run_name)
     gate = GateResult(suite=first.suite, evaluated=len(document["expectations"]), data_docs=first.data_docs)
     found = [failure for check in checks if (failure := check.outcome(set(columns), rows)) is not None]
     seen = {(f.expectation, f.column) for f in found}
@@ -590,15 +662,3 @@ def validate_stream(
     for warning in gate.warnings:
         log.warning("data-quality warning: %s", warning.describe())
     return gate
-
-
-def _validate_subset(
-    chunk: pd.DataFrame, document: dict[str, Any], expectations: list[dict[str, Any]], folder: Path
-) -> GateResult:
-    """GE on one record batch with only some of a suite's expectations."""
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=folder, delete=True) as handle:
-        json.dump({**document, "expectations": expectations}, handle)
-        handle.flush()
-        return validate(chunk, Path(handle.name))

@@ -96,3 +96,117 @@ def test_streaming_gate_gives_the_whole_frame_verdicts(clean: pd.DataFrame) -> N
             assert ("expect_column_values_to_be_unique", "loan_id") in {
                 (f.expectation, f.column) for f in streamed.critical
             }
+
+
+def _with_gaps_and_failures(clean: pd.DataFrame) -> pd.DataFrame:
+    """Missing values in passing and failing columns, out-of-range and unknown values, repeated ids."""
+    broken = clean.copy()
+    broken.loc[::7, "debt_to_income"] = np.nan  # gaps, values still in range: passes
+    broken.loc[::3, "credit_score"] = np.nan  # too many gaps: not-null fails
+    broken.loc[1:40:2, "age"] = np.nan
+    broken.loc[:20:2, "age"] = -1  # a column with gaps AND out-of-range values
+    broken.loc[5, "home_ownership"] = "CASTLE"
+    broken.loc[:30, "loan_id"] = broken.loc[0, "loan_id"]
+    return broken
+
+
+def test_gate_results_equal_a_plain_summary_run_of_ge(clean: pd.DataFrame) -> None:
+    """The two-pass gate (BOOLEAN_ONLY, then SUMMARY for failures; columns with gaps alone) is GE's own result."""
+    import great_expectations as gx
+
+    frame = _with_gaps_and_failures(clean)
+    document = quality.load_suite(SUITE)
+    context = gx.get_context(mode="ephemeral")
+    definition = (
+        context.data_sources.add_pandas("plain")
+        .add_dataframe_asset("batch")
+        .add_batch_definition_whole_dataframe("whole")
+    )
+    plain = definition.get_batch(batch_parameters={"dataframe": frame}).validate(
+        quality._ge_suite(gx, document, SUITE), result_format=quality.RESULT_FORMAT
+    )
+    gate = quality.validate(frame, SUITE)
+
+    def key(result: dict) -> tuple[str, str]:
+        config = result["expectation_config"]
+        return config["type"], json.dumps({k: v for k, v in config["kwargs"].items() if k != "batch_id"})
+
+    expected = {key(r): r for r in plain.to_json_dict()["results"]}
+    got = {key(r): r for r in gate.raw["results"]}
+    assert got.keys() == expected.keys()
+    assert {k for k, r in got.items() if not r["success"]} == {
+        k for k, r in expected.items() if not r["success"]
+    }
+    for k, result in got.items():
+        assert result["success"] == expected[k]["success"], k
+        if not result["success"]:
+            for detail in (
+                "unexpected_count",
+                "unexpected_percent",
+                "partial_unexpected_list",
+                "observed_value",
+            ):
+                assert result["result"].get(detail) == expected[k]["result"].get(detail), (k, detail)
+    assert gate.raw["statistics"] == plain.to_json_dict()["statistics"]
+    failed = {(f.expectation, f.column) for f in gate.critical}
+    assert {
+        ("expect_column_values_to_not_be_null", "credit_score"),
+        ("expect_column_values_to_be_between", "age"),
+        ("expect_column_values_to_be_in_set", "home_ownership"),
+        ("expect_column_values_to_be_unique", "loan_id"),
+    } <= failed
+    age = next(f for f in gate.critical if f.column == "age" and "between" in f.expectation)
+    assert age.examples == [-1] * 5
+
+
+def test_gate_reports_in_suite_order(clean: pd.DataFrame) -> None:
+    result = quality.validate(_with_gaps_and_failures(clean).drop(columns=["interest_rate"]), SUITE)
+    suite = json.loads(SUITE.read_text())["expectations"]
+    assert [
+        (r["expectation_config"]["type"], r["expectation_config"]["kwargs"].get("column"))
+        for r in result.raw["results"]
+    ] == [(e["type"], e["kwargs"].get("column")) for e in suite]
+
+
+def test_domains_put_columns_with_gaps_alone(clean: pd.DataFrame) -> None:
+    import great_expectations as gx
+
+    frame = clean.assign(age=clean["age"].where(clean.index % 5 > 0))
+    document = {
+        "name": "t",
+        "expectations": [
+            {"type": "expect_column_to_exist", "kwargs": {"column": "age"}},
+            {"type": "expect_column_values_to_be_between", "kwargs": {"column": "age", "min_value": 18}},
+            {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "age", "mostly": 0.5}},
+            {
+                "type": "expect_column_values_to_be_between",
+                "kwargs": {"column": "age", "min_value": 18, "row_condition": 'home_ownership=="RENT"'},
+            },
+            {"type": "expect_column_values_to_be_between", "kwargs": {"column": "income", "min_value": 0}},
+            {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 1}},
+        ],
+    }
+    suite = quality._ge_suite(gx, document, Path("t.json"))
+    domains = quality._domains(frame, suite.expectations)
+    assert [(list(data.columns), [e.expectation_type for e in items]) for data, items in domains] == [
+        (
+            list(frame.columns),
+            [
+                "expect_column_to_exist",
+                "expect_column_values_to_be_between",
+                "expect_column_values_to_be_between",
+                "expect_table_row_count_to_be_between",
+            ],
+        ),
+        (["age"], ["expect_column_values_to_be_between", "expect_column_values_to_not_be_null"]),
+    ]
+    assert domains[0][1][1].configuration.kwargs.get("row_condition")
+
+
+def test_data_docs_render_the_gate_result(tmp_path: Path, clean: pd.DataFrame) -> None:
+    docs = tmp_path / "docs"
+    result = quality.validate(clean.assign(region="mars"), SUITE, docs, run_name="ingest-2025-05")
+    assert result.data_docs == str(docs / "index.html") and (docs / "index.html").is_file()
+    pages = list((docs / "validations").rglob("*.html"))
+    assert len(pages) == 1 and "ingest-2025-05" in str(pages[0])
+    assert "mars" in pages[0].read_text()
