@@ -12,21 +12,19 @@ the same joined rows through ``ml.serve.monitoring.live_window``.
 
 from __future__ import annotations
 
+# Parse speed (docs/architecture.md, "Parse time"): the dag-processor imports a DAG file's top-level
+# airflow.* imports once, in its long-lived process, so the modules needed at parse time are named here.
+import airflow.sdk.definitions.decorators  # noqa: F401
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
-
-def _schedule() -> str:
-    """The schedule from the config (cheap: no heavy import), daily by default."""
-    from ml.config import load_config
-
-    return load_config().serving.labels.schedule
+from ml.dag_settings import dag_settings
 
 
 @dag(
     dag_id="loopline_feedback",
     # Data intervals (not trigger times): each run covers [data_interval_start, data_interval_end).
-    schedule=CronDataIntervalTimetable(_schedule(), timezone="UTC"),
+    schedule=CronDataIntervalTimetable(dag_settings().feedback_schedule, timezone="UTC"),
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
     default_args={"retries": 1, "retry_delay": pendulum.duration(seconds=30)},

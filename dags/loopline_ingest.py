@@ -10,16 +10,20 @@ loopline_score.
 
 from __future__ import annotations
 
+# Parse speed (docs/architecture.md, "Parse time"): the dag-processor imports a DAG file's top-level
+# airflow.* imports once, in its long-lived process, so the modules needed at parse time are named here.
+import airflow.sdk.definitions.decorators  # noqa: F401
 import pendulum
 from airflow.sdk import dag, task
 
 from loopline_airflow.assets import LAKE
-from loopline_airflow.runtime import batch_param, ingest_schedule
+from loopline_airflow.runtime import batch_param
+from ml.dag_settings import dag_settings
 
 
 @dag(
     dag_id="loopline_ingest",
-    schedule=ingest_schedule(),
+    schedule=dag_settings().ingest_schedule,
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
     default_args={"retry_delay": pendulum.duration(seconds=15)},

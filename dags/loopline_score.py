@@ -7,6 +7,9 @@ param to re-score a past batch, e.g. after a rollback. Predictions go to the lak
 
 from __future__ import annotations
 
+# Parse speed (docs/architecture.md, "Parse time"): the dag-processor imports a DAG file's top-level
+# airflow.* imports once, in its long-lived process, so the modules needed at parse time are named here.
+import airflow.sdk.definitions.decorators  # noqa: F401
 import pendulum
 from airflow.sdk import dag, task
 

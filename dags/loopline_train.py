@@ -23,14 +23,22 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+# Parse speed (docs/architecture.md, "Parse time"): the dag-processor imports a DAG file's top-level
+# airflow.* imports once, in its long-lived process, so the modules needed at parse time are named here (the first two
+# for promotion.require_approval).
+import airflow.providers.standard.decorators.short_circuit
+import airflow.providers.standard.operators.hitl
+import airflow.sdk.definitions.decorators  # noqa: F401
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 
 from loopline_airflow.assets import RETRAIN_REQUEST
-from loopline_airflow.runtime import approval_settings, reviewer_of
+from loopline_airflow.runtime import form_param, reviewer_of
 from loopline_links import MlflowRunLink
+from ml.dag_settings import dag_settings
 
-APPROVAL, APPROVAL_TIMEOUT_HOURS = approval_settings()
+SETTINGS = dag_settings()
+APPROVAL = SETTINGS.require_approval
 REVIEW_BODY = """
 ### Gate report
 
@@ -58,29 +66,31 @@ Approve moves the `champion` alias to v{{ t['version'] }}; Reject keeps the cham
     tags=["loopline", "training"],
     doc_md=__doc__,
     params={
-        "end_batch": Param(
+        "end_batch": form_param(
             None,
+            "Empty: the newest accepted batch (or the drifted batch of a request).",
             type=["null", "string"],
             title="Last batch of the window",
-            description="Empty: the newest accepted batch (or the drifted batch of a request).",
         ),
-        "window_batches": Param(
+        "window_batches": form_param(
             None,
+            "Empty: training.window_batches from the config.",
             type=["null", "integer"],
             minimum=1,
             title="Batches in the window",
-            description="Empty: training.window_batches from the config.",
         ),
-        "num_boost_round": Param(None, type=["null", "integer"], minimum=1, title="Boosting rounds"),
-        "max_depth": Param(None, type=["null", "integer"], minimum=1, maximum=16, title="Max tree depth"),
-        "learning_rate": Param(
+        "num_boost_round": form_param(None, type=["null", "integer"], minimum=1, title="Boosting rounds"),
+        "max_depth": form_param(
+            None, type=["null", "integer"], minimum=1, maximum=16, title="Max tree depth"
+        ),
+        "learning_rate": form_param(
             None, type=["null", "number"], exclusiveMinimum=0, maximum=1, title="Learning rate"
         ),
-        "promote": Param(
+        "promote": form_param(
             True,
+            "Off: train, evaluate and register only; the champion stays.",
             type="boolean",
             title="Promote if the gate passes",
-            description="Off: train, evaluate and register only; the champion stays.",
         ),
     },
 )
@@ -184,7 +194,7 @@ def loopline_train() -> None:
         task_id="approval",
         subject="Promote {{ dag.dag_id }} challenger v{{ ti.xcom_pull(task_ids='train')['version'] }} to champion?",
         body=REVIEW_BODY,
-        response_timeout=timedelta(hours=APPROVAL_TIMEOUT_HOURS),
+        response_timeout=timedelta(hours=SETTINGS.approval_timeout_hours),
     )
 
     @task(trigger_rule="all_done")

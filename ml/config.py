@@ -16,7 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-DEFAULT_CONFIG_FILE = "loopline.yaml"
+# (defined in the stdlib-only ml.dag_settings, which the DAG files read at parse time; re-exported here)
+from ml.dag_settings import DEFAULT_CONFIG_FILE as DEFAULT_CONFIG_FILE
+from ml.dag_settings import home_from_env
+from ml.dag_settings import resolve_config_path as resolve_config_path
 
 
 class ConfigError(ValueError):
@@ -420,19 +423,18 @@ class LooplineConfig(_Strict):
         return (base / "expectations" / f"{self.dataset.name}.json").resolve()
 
 
-def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
-    """The config file to use: the argument, then $LOOPLINE_CONFIG, then ./loopline.yaml."""
-    chosen = path or os.environ.get("LOOPLINE_CONFIG") or DEFAULT_CONFIG_FILE
-    return Path(chosen).expanduser().resolve()
-
-
 def load_config(path: str | os.PathLike[str] | None = None) -> LooplineConfig:
     """Read and validate a config file; errors name the file, the key and what to change."""
     file = resolve_config_path(path)
     if not file.is_file():
         raise ConfigError(f"{file}: config file not found (pass --config FILE or set LOOPLINE_CONFIG)")
+    return parse_config(file.read_bytes(), file)
+
+
+def parse_config(content: str | bytes, file: Path) -> LooplineConfig:
+    """Validate the YAML ``content`` of the config file ``file``; errors as for ``load_config``."""
     try:
-        raw: Any = yaml.safe_load(file.read_text())
+        raw: Any = yaml.safe_load(content)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
@@ -465,7 +467,7 @@ class Paths:
     @classmethod
     def from_env(cls) -> Paths:
         """$LOOPLINE_HOME, or .loopline in the working directory."""
-        return cls(Path(os.environ.get("LOOPLINE_HOME", ".loopline")).expanduser().resolve())
+        return cls(home_from_env())
 
     @property
     def airflow_home(self) -> Path:
