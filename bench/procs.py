@@ -46,6 +46,9 @@ def base_env(home: Path | None = None, config: Path | None = None) -> dict[str, 
         }
     )
     env.pop("MLFLOW_TRACKING_URI", None)
+    # A deployed dag-processor or worker keeps bytecode caches; a sandbox default of PYTHONDONTWRITEBYTECODE
+    # would make Loopline's modules recompile on every parse while installed packages keep theirs.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     if OMP_WAIT_POLICY:
         env["OMP_WAIT_POLICY"] = OMP_WAIT_POLICY
     else:
