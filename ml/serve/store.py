@@ -135,9 +135,15 @@ def engine_for(url: str, **kwargs: Any) -> Engine:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    # 16 KiB pages for a new store (no effect on an existing one): the capture's INSERTs rewrite index pages
+    # with out-of-order keys in every transaction; larger pages mean fewer WAL frames per row (~25% less CPU).
+    cursor.execute("PRAGMA page_size=16384")
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writers of other workers
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes (not power loss) in WAL
     cursor.execute("PRAGMA busy_timeout=30000")
+    # 64 MiB of page cache (allocated as used; default 2 MiB): with a small cache those index pages are read
+    # again and spilled in every transaction.
+    cursor.execute("PRAGMA cache_size=-65536")
     cursor.close()
 
 

@@ -164,3 +164,68 @@ def test_metrics_render_sums_workers() -> None:
     assert "loopline_serve_capture_queue_depth 4" in text
     assert "loopline_serve_captures_dropped_total 2" in text
     assert 'loopline_serve_model_version{model="m",worker="-1"} 4' in text
+
+
+def test_batches_take_the_fast_path_with_the_general_paths_result(served) -> None:
+    """The msgspec fast path for batches gives exactly what the general path gives for the same records."""
+    import msgspec
+
+    model, frame, config = served
+    records = records_of(frame.head(120))
+    id_column, time_column = config.dataset.id_column, config.dataset.time_column
+    numeric, categorical = model.schema.spec.numeric, model.schema.spec.categorical
+    for index, record in enumerate(records):
+        kind = index % 10
+        if kind == 1:
+            record[categorical[0]] = "never-seen"
+        elif kind == 2:
+            record[categorical[1]] = None
+            record[numeric[0]] = None
+        elif kind == 3:
+            record[numeric[1]] = int(index)
+            record[id_column] = 10_000 + index
+        elif kind == 4:
+            record[time_column] = "2025-03-01T10:00:00+02:00"
+        elif kind == 5:
+            record[time_column] = "2025-03-01"
+        elif kind == 6:
+            del record[id_column]
+            record[time_column] = None
+        elif kind == 7:
+            record[config.dataset.target] = "1"  # known, not a feature: ignored silently
+    body = json.dumps(records).encode()
+    assert model.schema._parse_fast(body, 1000) is not None
+    fast = model.schema.parse(body, 1000)
+    general = model.schema.validate(json.loads(body))
+    assert not fast.single and len(fast) == len(general) == 120
+    assert np.array_equal(fast.matrix, general.matrix, equal_nan=True)
+    assert fast.entity_ids == general.entity_ids and fast.event_times == general.event_times
+    assert fast.warnings == general.warnings and fast.unknown_categories == general.unknown_categories == 12
+    assert [msgspec.to_builtins(f) for f in fast.features] == [dict(f) for f in general.features]
+    assert np.array_equal(model.score(fast.matrix), model.score(general.matrix))
+    # Anything the fast path does not take goes to the general path: an extra key warns, a bad field fails.
+    records[3]["favourite_colour"] = "blue"
+    assert any(
+        "favourite_colour" in w for w in model.schema.parse(json.dumps(records).encode(), 1000).warnings[3]
+    )
+    records[5][numeric[2]] = "many"
+    assert _errors(served, records[:10])[0] == {
+        "loc": ["body", 5, numeric[2]],
+        "field": numeric[2],
+        "record": 5,
+        "msg": "expected a number or null, got string",
+        "type": "number_type",
+    }
+
+
+def test_the_direct_xgboost_call_equals_inplace_predict(served) -> None:
+    from ml.serve.holder import _dense_predictor, _inplace
+
+    model, frame, _ = served
+    predictor = _dense_predictor(model.booster)
+    if predictor is None:
+        pytest.skip("this XGBoost has no XGBoosterPredictFromDense in its ctypes layer")
+    matrix = model.schema.validate(records_of(frame.head(300))).matrix
+    assert np.array_equal(predictor(matrix), _inplace(model.booster, matrix))
+    assert np.array_equal(predictor(matrix[:1]), _inplace(model.booster, matrix[:1]))
+    assert model.predictor is not None  # it passed the load-time self-check and is what scores requests
