@@ -1,7 +1,7 @@
 """The ``spark`` engine: the loop's data-heavy work as Apache Spark jobs, with the local engine's results.
 
 Sessions: one classic ``SparkSession`` per process (``engine.spark.master`` + ``engine.spark.conf``), reused by
-every step; with ``engine.spark.connect_url`` the data steps (gate, drift, scoring) run over Spark Connect
+every step; with ``engine.spark.connect_url`` the data steps (ingestion, gate, drift, scoring) run over Spark Connect
 instead, while training always uses the classic session (XGBoost on Spark needs the SparkContext and barrier
 mode, which Spark Connect does not offer). The lake's partitions are read by path, so every executor (and the
 Connect server) must see the lake at the same path (a shared filesystem or object storage).
@@ -74,10 +74,12 @@ def classic_session(spark: SparkConfig) -> SparkSession:
     """The process's classic SparkSession on ``spark.master`` with the default conf plus ``spark.conf``.
 
     Created once and reused (a process has one SparkContext); for a ``local[N]`` master the executors' Python
-    is this interpreter and Spark binds to ``$SPARK_LOCAL_IP`` (default 127.0.0.1).
+    is this interpreter and Spark binds to ``$SPARK_LOCAL_IP`` (default 127.0.0.1). pyspark's functions build
+    classic columns from here on, until a Connect session is requested (``connect_session``).
     """
     global _classic
     with _lock:
+        os.environ.pop(CONNECT_MODE, None)
         if _classic is not None and _classic._sc._jsc is not None:
             return _classic
         try:
@@ -95,13 +97,30 @@ def classic_session(spark: SparkConfig) -> SparkSession:
 
 
 def connect_session(url: str) -> SparkSession:
-    """A Spark Connect session to ``url`` (``sc://host:port``), one per URL and process."""
+    """A Spark Connect session to ``url`` (``sc://host:port``), one per URL and process.
+
+    pyspark's functions build Connect columns from here on (as pyspark's own ``builder.remote`` does), until the
+    classic session is requested again: the frame a step hands back works in code outside the engine, such as
+    ``ml.steps.ingest_batch``'s gate on the ingested batch. Steps of one process run one at a time.
+    """
     with _lock:
-        if url not in _connect:
+        if url not in _connect or _connect[url].is_stopped:
             from pyspark.sql.connect.session import SparkSession as ConnectSession
 
             _connect[url] = ConnectSession.builder.remote(url).getOrCreate()
+        os.environ[CONNECT_MODE] = "1"
         return _connect[url]
+
+
+def stop_connect_session(url: str) -> None:
+    """Close the process's Spark Connect session to ``url`` (before its server stops: a client left open
+    retries its release for minutes at exit); pyspark's functions build classic columns once none is open."""
+    with _lock:
+        session = _connect.pop(url, None)
+        if not _connect:
+            os.environ.pop(CONNECT_MODE, None)
+    if session is not None:
+        session.stop()
 
 
 def data_session(spark: SparkConfig) -> SparkSession:
@@ -317,7 +336,7 @@ class SparkEngine:
             )
         text = {c: F.col(c).cast("string") for c in required}
         parsed = {
-            dataset.id_column: text[dataset.id_column],
+            dataset.id_column: F.col(dataset.id_column),  # its type kept, as the local ingest does
             **{c: F.to_timestamp_ntz(text[c]) for c in time},
             **{c: F.trim(text[c]).cast("double") for c in numeric},
             **{c: text[c] for c in categorical},

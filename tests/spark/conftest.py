@@ -1,8 +1,9 @@
 """A real Spark for the engine tests: pyspark from PyPI on the machine's Java 17, ``local[2]``, one session.
 
 The lake holds four months of the demo's loans (cleaned by ``ml.ingest`` as in ``loopline_ingest``) plus one
-broken month (``BROKEN``) that must fail the gate. Without pyspark or Java the tests skip with the install
-command, except in CI (``CI`` set), where they fail.
+broken month (``BROKEN``) that must fail the gate. The ingestion cases (``ingest_cases``) are landing files
+ingested by the local engine once, for the Spark ingestion tests (classic and Connect) to compare with. Without
+pyspark or Java the tests skip with the install command, except in CI (``CI`` set), where they fail.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,3 +144,104 @@ def window() -> SimpleNamespace:
 def trained(engine: Any) -> Any:
     """One SparkXGBClassifier training on the four months (the newest month's latest 30% held out)."""
     return engine.train(BATCHES, PARAMS)
+
+
+class IngestCases:
+    """Landing files of four batches, ingested by the local engine once; other engines' outcomes are checked
+    against it: month 1, month 2 (with in-file duplicates and 20 ids already in month 1), a broken month that
+    fails the GE gate and one without a required column."""
+
+    ROWS = 1500
+    ACCEPTED: ClassVar[list[str]] = ["2025-01", "2025-02"]
+    BROKEN, NO_COLUMN = "2025-03", "2025-04"
+
+    def __init__(self, config: Any, root: Path) -> None:
+        from ml.config import EngineConfig
+
+        self.root = root
+        self.landing = root / "landing"
+        self._write_landing(self.landing / config.dataset.name)
+        self.local = self.run(config.model_copy(update={"engine": EngineConfig(kind="local")}), "local")
+
+    def _write_landing(self, folder: Path) -> None:
+        from ml import demo_data
+
+        scenario = demo_data.Scenario(
+            months=2, rows_per_month=self.ROWS, shift_from_month=None, incident_months=(), seed=5
+        )
+        first, second = (demo_data.generate_month(scenario, m) for m in (1, 2))
+        repeated = first.head(20).assign(applied_at=second["applied_at"].iloc[:20].to_numpy())
+        second = pd.concat([repeated, second]).sort_values("applied_at", kind="stable")
+        rng = np.random.default_rng(1)
+        broken = demo_data.generate_month(scenario, 3)
+        broken.loc[rng.random(len(broken)) < 0.3, "credit_score"] = np.nan
+        folder.mkdir(parents=True)
+        for key, frame in [("2025-01", first), ("2025-02", second), (self.BROKEN, broken)]:
+            frame.to_csv(folder / f"{key}.csv", index=False)
+        demo_data.generate_month(scenario, 4).drop(columns=["age"]).to_csv(
+            folder / f"{self.NO_COLUMN}.csv", index=False
+        )
+
+    def run(self, config: Any, name: str) -> dict[str, Any]:
+        """Every batch through ``steps.ingest_batch`` in a fresh home ``name``: its summary, or what it raised."""
+        from ml import steps
+        from ml.config import Paths
+        from ml.ingest import BatchRejected
+        from ml.quality import QualityGateFailed
+
+        paths = Paths(self.root / name)
+        paths.home.mkdir(parents=True)
+        paths.landing.symlink_to(self.landing, target_is_directory=True)
+        outcomes: dict[str, Any] = {}
+        for batch in [*self.ACCEPTED, self.BROKEN, self.NO_COLUMN]:
+            try:
+                outcomes[batch] = steps.ingest_batch(config, paths, batch, quarantine_moves_source=False)
+            except (BatchRejected, QualityGateFailed) as exc:
+                outcomes[batch] = exc
+        return {"outcomes": outcomes, "paths": paths}
+
+    def assert_partition_equal(self, other: dict[str, Any], batch: str) -> None:
+        """Same summary and the same partition rows, order and column types as the local ingest."""
+        from ml.steps import lake_of
+
+        local, got = self.local["outcomes"][batch], other["outcomes"][batch]
+        assert isinstance(got, dict), got
+        for key in ("rows", "rows_read", "duplicates_dropped", "warnings"):
+            assert got[key] == local[key], key
+        assert got["rows"] == self.ROWS and len(got["sha256"]) == 64
+        frames = [lake_of(o["paths"]).read("loans", [batch]) for o in (self.local, other)]
+        pd.testing.assert_frame_equal(frames[1], frames[0])
+
+    def assert_dedup(self, other: dict[str, Any]) -> None:
+        """Month 2's in-file duplicates and the 20 ids already in month 1 were dropped."""
+        got = other["outcomes"][self.ACCEPTED[1]]
+        assert got["duplicates_dropped"] >= 20
+        assert "dropped 20 row(s) whose id is already in another batch of the lake" in got["warnings"]
+
+    def assert_refused_like_local(self, other: dict[str, Any]) -> None:
+        """The broken month fails the gate on the same expectations, the other is rejected with the same
+        message; both are quarantined and the lake holds the accepted months only."""
+        from ml.ingest import BatchRejected
+        from ml.quality import QualityGateFailed
+        from ml.steps import lake_of
+
+        local, got = self.local["outcomes"], other["outcomes"]
+        broken = self.BROKEN
+        assert isinstance(got[broken], QualityGateFailed) and isinstance(local[broken], QualityGateFailed)
+        failures = [{(f.expectation, f.column) for f in o[broken].result.critical} for o in (local, got)]
+        assert (
+            failures[0] == failures[1]
+            and ("expect_column_values_to_not_be_null", "credit_score") in failures[1]
+        )
+        assert isinstance(got[self.NO_COLUMN], BatchRejected)
+        assert str(got[self.NO_COLUMN]) == str(local[self.NO_COLUMN])
+        paths = other["paths"]
+        assert lake_of(paths).batches("loans") == self.ACCEPTED
+        for batch in (broken, self.NO_COLUMN):
+            assert (paths.quarantine / "loans" / batch / "reason.json").is_file()
+
+
+@pytest.fixture(scope="session")
+def ingest_cases(spark_loopline_config: Any, tmp_path_factory: pytest.TempPathFactory) -> IngestCases:
+    """The ingestion landing files and the local engine's outcomes on them (computed once per session)."""
+    return IngestCases(spark_loopline_config, tmp_path_factory.mktemp("spark-ingest"))

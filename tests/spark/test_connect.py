@@ -1,4 +1,4 @@
-"""Spark Connect: a server started from the pip package runs the gate, a profile and the drift pass.
+"""Spark Connect: a server started from the pip package runs ingestion, the gate, a profile and the drift pass.
 
 The server is ``SparkConnectServer`` through the package's ``sbin/spark-daemon.sh`` (what
 ``start-connect-server.sh`` does; pyspark 4.1's wheel ships the jar but not that script), bound to 127.0.0.1 on
@@ -41,7 +41,7 @@ def _listening(port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def server(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(spark_config: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Spark Connect server on 127.0.0.1:PORT (local[2]), stopped afterwards; yields its sc:// URL."""
     import pyspark
 
@@ -85,22 +85,55 @@ def server(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
             time.sleep(1)
         yield f"sc://127.0.0.1:{PORT}"
     finally:
+        from ml.engines.spark import stop_connect_session
+
+        stop_connect_session(f"sc://127.0.0.1:{PORT}")
         _daemon(env, "stop", SERVER_CLASS, "1")
 
 
-def test_gate_profile_and_drift_over_spark_connect(
-    server: str, engine: Any, trained: Any, spark_home: tuple[Any, Any], window: Any
-) -> None:
+@pytest.fixture(scope="module")
+def remote_config(server: str, spark_loopline_config: Any) -> Any:
+    """The Spark engine's config with ``engine.spark.connect_url`` pointing at the test's server."""
     from ml.config import EngineConfig
+
+    spark = spark_loopline_config.engine.spark.model_copy(update={"connect_url": server})
+    return spark_loopline_config.model_copy(update={"engine": EngineConfig(kind="spark", spark=spark)})
+
+
+@pytest.fixture(scope="module")
+def ingested(remote_config: Any, ingest_cases: Any) -> dict[str, Any]:
+    """The ingestion cases of ``conftest.IngestCases`` through ``steps.ingest_batch`` over Spark Connect."""
+    return ingest_cases.run(remote_config, "connect")
+
+
+@pytest.mark.parametrize("batch", ["2025-01", "2025-02"])
+def test_ingest_over_connect_writes_the_local_partitions(
+    ingest_cases: Any, ingested: dict[str, Any], batch: str
+) -> None:
+    ingest_cases.assert_partition_equal(ingested, batch)
+
+
+def test_ingest_over_connect_drops_duplicates_and_known_ids(
+    ingest_cases: Any, ingested: dict[str, Any]
+) -> None:
+    ingest_cases.assert_dedup(ingested)
+
+
+def test_ingest_over_connect_refuses_and_quarantines_as_locally(
+    ingest_cases: Any, ingested: dict[str, Any]
+) -> None:
+    ingest_cases.assert_refused_like_local(ingested)
+
+
+def test_gate_profile_and_drift_over_spark_connect(
+    server: str, remote_config: Any, engine: Any, trained: Any, spark_home: tuple[Any, Any], window: Any
+) -> None:
     from ml.engines.base import engine_for
     from ml.engines.spark import SCORE_COLUMN, connect_session, spark_mode, with_scores
     from ml.engines.spark_profile import profile_columns
 
     config, paths = spark_home
-    spark_config = config.engine.spark.model_copy(update={"connect_url": server})
-    remote = engine_for(
-        config.model_copy(update={"engine": EngineConfig(kind="spark", spark=spark_config)}), paths
-    )
+    remote = engine_for(remote_config, paths)
     session = connect_session(server)
     assert type(session).__module__.startswith("pyspark.sql.connect")
 
