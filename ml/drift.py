@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from scipy import stats
 
 from ml.config import DriftConfig
@@ -56,11 +58,33 @@ def _as_float(values: pd.Series | np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype="float64")
 
 
-def _numeric_edges(values: np.ndarray, bins: int) -> list[float]:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
+def _sorted_quantiles(
+    ordered: np.ndarray, quantiles: np.ndarray, method: Literal["linear", "inverted_cdf"]
+) -> np.ndarray:
+    """``np.quantile(ordered, quantiles, method=method)`` of values already sorted, by their indices.
+
+    Equal to numpy's result bit for bit, without its partition and copies of the whole column.
+    """
+    n = ordered.size
+    if method == "inverted_cdf":
+        index = n * quantiles - 1
+        previous = np.floor(index)
+        chosen = np.where(index - previous > 0, previous + 1, previous)
+        return ordered[np.clip(chosen, 0, n - 1).astype(np.intp)]
+    virtual = (n - 1) * quantiles
+    previous = np.floor(virtual)
+    low = ordered[previous.astype(np.intp)]
+    high = ordered[np.minimum(previous + 1, n - 1).astype(np.intp)]
+    gamma = virtual - previous
+    difference = high - low
+    return np.where(gamma >= 0.5, high - difference * (1 - gamma), low + difference * gamma)
+
+
+def _numeric_edges(ordered: np.ndarray, bins: int) -> list[float]:
+    """Inner quantile bin edges of the present values, sorted (``np.quantile``'s linear method)."""
+    if ordered.size == 0:
         return []
-    edges = np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1)[1:-1]))
+    edges = np.unique(_sorted_quantiles(ordered, np.linspace(0, 1, bins + 1)[1:-1], "linear"))
     return [float(e) for e in edges]
 
 
@@ -76,7 +100,7 @@ def _ks_grid(ordered: np.ndarray, points: int) -> tuple[list[float], list[float]
     grid = (
         distinct
         if exact
-        else np.unique(np.quantile(ordered, np.arange(1, points + 1) / points, method="inverted_cdf"))
+        else np.unique(_sorted_quantiles(ordered, np.arange(1, points + 1) / points, "inverted_cdf"))
     )
     cdf = np.searchsorted(ordered, grid, side="right") / ordered.size
     return [float(g) for g in grid], [round(float(c), 7) for c in cdf], bool(exact)
@@ -96,7 +120,8 @@ def numeric_profile(values: pd.Series | np.ndarray, bins: int) -> dict[str, Any]
     column at a time, so memory is bounded by one column (8 bytes per row), never by the window.
     """
     values = _as_float(values)
-    present = np.sort(values[np.isfinite(values)])
+    present = values[np.isfinite(values)]
+    present.sort()  # a fresh array: sorted in place
     edges = _numeric_edges(present, bins)
     counts = np.diff(np.searchsorted(present, np.asarray(edges), side="left"), prepend=0, append=present.size)
     total = max(int(present.size), 1)
@@ -189,6 +214,14 @@ def assemble_profile(
     return profile
 
 
+def feature_profiles(frame: pd.DataFrame, spec: FeatureSpec, bins: int) -> dict[str, dict[str, Any]]:
+    """The per-column entries of ``build_profile`` for the features (they do not depend on the model)."""
+    columns: dict[str, Any] = {column: numeric_profile(frame[column], bins) for column in spec.numeric}
+    for column in spec.categorical:
+        columns[column] = categorical_profile(category_counts(frame[column]), len(frame))
+    return columns
+
+
 def build_profile(
     frame: pd.DataFrame,
     spec: FeatureSpec,
@@ -205,11 +238,8 @@ def build_profile(
     ``(scores, labels)`` on rows the model did not train on (the holdout): a calibration map is fitted on them
     and the label-free AUC estimate (CBPE) of every monitored batch is compared with theirs.
     """
-    columns: dict[str, Any] = {column: numeric_profile(frame[column], bins) for column in spec.numeric}
-    for column in spec.categorical:
-        columns[column] = categorical_profile(category_counts(frame[column]), len(frame))
     return assemble_profile(
-        columns,
+        feature_profiles(frame, spec, bins),
         scores,
         len(frame),
         bins,
@@ -495,34 +525,98 @@ def _summary_points(ref: dict[str, Any]) -> np.ndarray:
     return np.unique(np.concatenate(parts))
 
 
-def _locate(points: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``np.searchsorted(points, values, side="left")`` for unsorted values, in O(1) per value mostly.
+class _Cells:
+    """A monotone map of values to equal-width cells over sorted ``points``, to place values without a search.
 
-    Values are bucketed by arithmetic into cells over the points' range; only the values whose cell also holds
-    a point need a binary search. The cell map is monotone, so the result is exactly searchsorted's.
+    A value in a cell that holds no point lies strictly between the same two points as its whole cell; one in a
+    cell with a single point is placed by comparing it with that point. Only values in a cell with several
+    points, or in the two end cells (which also take the values outside the points' range and the non-finite
+    ones; NaN lands in the first), need a binary search. Every step of the map is monotone, so the results equal
+    ``np.searchsorted``'s exactly.
     """
-    k = points.size
-    if k < 8 or values.size < 10_000 or not points[-1] > points[0]:
+
+    def __init__(self, points: np.ndarray) -> None:
+        self.count = self.cells_for(points)
+        self.scale = self.count / (points[-1] - points[0])
+        self.offset = 1.0 - points[0] * self.scale
+        self.top = float(self.count + 1)
+        point_cells = self.of(points)
+        self.below = np.searchsorted(point_cells, np.arange(self.count + 2), side="left")
+        """Points in the cells before each cell (the index of a cell's first point)."""
+        held = np.bincount(point_cells, minlength=self.count + 2)
+        self.shared = held > 0
+        """Cells whose values are compared with points."""
+        self.shared[[0, -1]] = True
+        self.point = np.full(self.count + 2, np.nan)
+        """The one point of a cell that holds exactly one (NaN elsewhere: search those cells' values)."""
+        single = np.flatnonzero(held == 1)
+        single = single[(single > 0) & (single < self.count + 1)]
+        self.point[single] = points[self.below[single]]
+
+    @staticmethod
+    def cells_for(points: np.ndarray) -> int:
+        """Cells between the first and the last point: 256 per point, at most 65,536 (a cache-sized count)."""
+        return min(256 * points.size, 1 << 16)
+
+    @staticmethod
+    def usable(points: np.ndarray, values: int) -> bool:
+        """Whether cells pay off (enough points and values) and the map stays finite over ``points``."""
+        if points.size < 8 or values < 10_000 or not points[-1] > points[0]:
+            return False
+        scale = _Cells.cells_for(points) / (points[-1] - points[0])
+        return bool(0 < scale < np.inf and np.isfinite(points[0] * scale))
+
+    def of(self, values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The cell of each value (``out``: a float buffer of the values' size to reuse)."""
+        found = np.multiply(values, self.scale, out=out)
+        found += self.offset
+        np.fmax(found, 0.0, out=found)
+        np.fmin(found, self.top, out=found)
+        return found.astype(np.intp)
+
+    def tally(self, parts: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+        """Values per ``searchsorted`` index (``k + 1`` of them), values equal to each point, finite values
+        placed, and the values left to search (finite or not).
+
+        One cache-sized block at a time, so that no temporary outgrows the cache (or needs fresh memory).
+        """
+        per_cell = np.zeros(self.count + 2, dtype=np.int64)
+        per_index, equal = np.zeros(k + 1, dtype=np.int64), np.zeros(k, dtype=np.int64)
+        searched, compared, buffer = [], 0, np.empty(min(_BLOCK, max(p.size for p in parts)))
+        for part in parts:
+            for start in range(0, part.size, _BLOCK):
+                block = part[start : start + _BLOCK]
+                located = self.of(block, buffer[: block.size])
+                per_cell += np.bincount(located, minlength=self.count + 2)
+                near = self.shared[located]
+                values, cells = block[near], located[near]
+                point = self.point[cells]
+                single = ~np.isnan(point)
+                searched.append(values[~single])
+                values, point, first = values[single], point[single], self.below[cells[single]]
+                per_index += np.bincount(first + (values > point), minlength=k + 1)
+                equal += np.bincount(first[values == point], minlength=k)
+                compared += values.size
+        placed = np.where(self.shared, 0, per_cell)
+        per_index += np.bincount(self.below, weights=placed, minlength=k + 1).astype(np.int64)
+        return per_index, equal, int(placed.sum()) + compared, np.concatenate(searched)
+
+
+def _locate(points: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(points, values, side="left")`` for unsorted values, in O(1) per value mostly."""
+    if not _Cells.usable(points, values.size):
         return np.searchsorted(points, values, side="left")
-    cells = min(256 * k, 1 << 16)
-    lo, scale = points[0], cells / (points[-1] - points[0])
-
-    def cell(x: np.ndarray) -> np.ndarray:
-        found = x - lo
-        found *= scale
-        np.floor(found, out=found)
-        np.clip(found, -1, cells, out=found)
-        return found.astype(np.intp) + 1
-
-    point_cells = cell(points)
-    below = np.searchsorted(point_cells, np.arange(cells + 2), side="left")
-    shared = np.bincount(point_cells, minlength=cells + 2) > 0
-    value_cells = cell(values)
-    index = below[value_cells]
-    ambiguous = np.flatnonzero(shared[value_cells])
+    cells = _Cells(points)
+    value_cells = cells.of(values)
+    index = cells.below[value_cells]
+    ambiguous = np.flatnonzero(cells.shared[value_cells])
     if ambiguous.size:
         index[ambiguous] = np.searchsorted(points, values[ambiguous], side="left")
     return index
+
+
+_BLOCK = 1 << 16
+"""Values per block of a counting pass: its temporaries stay in the CPU cache."""
 
 
 @dataclass
@@ -537,14 +631,25 @@ class NumericCounts:
     """Present values == each point."""
 
     @classmethod
-    def of(cls, points: np.ndarray, values: np.ndarray) -> NumericCounts:
-        finite = np.isfinite(values)
-        present = values if finite.all() else values[finite]
-        index = _locate(points, present)
-        equal_mask = np.append(points, np.nan)[index] == present
-        at_or_below = np.cumsum(np.bincount(index, minlength=points.size + 1))[: points.size]
-        equal = np.bincount(index[equal_mask], minlength=points.size)
-        return cls(int(values.size), int(present.size), at_or_below.astype(np.int64), equal.astype(np.int64))
+    def of(cls, points: np.ndarray, values: np.ndarray | list[np.ndarray]) -> NumericCounts:
+        """The counts of float64 ``values`` (one array, or the chunks of a column); non-finite ones are missing.
+
+        Values are counted per cell (``_Cells``), compared with a point only in a cell that holds one and
+        searched for only in a cell with several.
+        """
+        parts = [values] if isinstance(values, np.ndarray) else values
+        rows, k = sum(part.size for part in parts), points.size
+        if _Cells.usable(points, rows):
+            per_index, equal, present, rest = _Cells(points).tally(parts, k)
+        else:
+            rest = np.concatenate(parts) if parts else np.zeros(0)
+            per_index, equal, present = np.zeros(k + 1, dtype=np.int64), np.zeros(k, dtype=np.int64), 0
+        rest = rest[np.isfinite(rest)]
+        index = np.searchsorted(points, rest, side="left")
+        per_index += np.bincount(index, minlength=k + 1)
+        equal += np.bincount(index[np.append(points, np.nan)[index] == rest], minlength=k)
+        present += rest.size
+        return cls(int(rows), int(present), np.cumsum(per_index)[:k].astype(np.int64), equal.astype(np.int64))
 
     def merge(self, other: NumericCounts) -> NumericCounts:
         return NumericCounts(
@@ -584,8 +689,8 @@ class CategoryCounts:
     """The alphabetically first ``MAX_UNSEEN`` unseen categories (enough for the report)."""
 
     @classmethod
-    def of(cls, categories: list[str], values: pd.Series | np.ndarray) -> CategoryCounts:
-        found = category_counts(values)
+    def of(cls, categories: list[str], values: pd.Series | np.ndarray | pa.ChunkedArray) -> CategoryCounts:
+        found = _category_counts_of(values)
         known = np.array([found.pop(c, 0) for c in categories], dtype=np.int64)
         return cls(len(values), known, sum(found.values()), sorted(found)[:MAX_UNSEEN])
 
@@ -708,21 +813,51 @@ def summary_columns(profile: dict[str, Any]) -> list[str]:
     return [column for column in profile["columns"] if column != SCORE]
 
 
+def _float_chunks(values: pd.Series | pa.ChunkedArray) -> list[np.ndarray]:
+    """A numeric column as float64 arrays (missing as NaN), as ``_as_float`` makes it; no copy of float64 data."""
+    if isinstance(values, pa.ChunkedArray):
+        return [_arrow_floats(chunk) for chunk in values.chunks]
+    if values.dtype == np.float64:
+        return [values.to_numpy()]
+    return [_as_float(values)]
+
+
+def _arrow_floats(chunk: pa.Array) -> np.ndarray:
+    """One Arrow chunk as float64 (nulls as NaN); types other than numbers go through pandas like ``_as_float``."""
+    if pa.types.is_floating(chunk.type) or pa.types.is_integer(chunk.type):
+        return np.asarray(chunk.to_numpy(zero_copy_only=False), dtype="float64")
+    return _as_float(chunk.to_pandas())
+
+
+def _category_counts_of(values: pd.Series | np.ndarray | pa.ChunkedArray) -> dict[str, int]:
+    """``category_counts`` of any column; a text (or dictionary-encoded text) Arrow column is counted in Arrow."""
+    if not isinstance(values, pa.ChunkedArray):
+        return category_counts(values)
+    kind = values.type.value_type if pa.types.is_dictionary(values.type) else values.type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        return category_counts(values.to_pandas())
+    counted = pc.value_counts(values)
+    found = zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(), strict=True)
+    return {str(value): int(count) for value, count in found if value is not None and count > 0}
+
+
 def summarize_batch(
-    profile: dict[str, Any], frame: pd.DataFrame, scores: np.ndarray | None = None
+    profile: dict[str, Any], frame: pd.DataFrame | pa.Table, scores: np.ndarray | None = None
 ) -> BatchSummary:
     """The counts of one chunk of a batch (and the model's scores on it) against the profile.
 
-    Profiled columns absent from ``frame`` are left out (as ``compare`` does); merge the chunks' summaries
-    with ``BatchSummary.merge`` or ``merge_summaries``, then call ``compare_summary``.
+    ``frame`` is a DataFrame or an Arrow table (counted in Arrow, without a pandas copy); the summary is the
+    same. Profiled columns absent from ``frame`` are left out (as ``compare`` does); merge the chunks'
+    summaries with ``BatchSummary.merge`` or ``merge_summaries``, then call ``compare_summary``.
     """
     summary = BatchSummary(len(frame))
     columns = _profile_columns(profile)
+    present = set(frame.column_names if isinstance(frame, pa.Table) else frame.columns)
     for column, ref in columns.items():
-        if column == SCORE or column not in frame.columns:
+        if column == SCORE or column not in present:
             continue
         if ref["kind"] == "numeric":
-            summary.numeric[column] = NumericCounts.of(_summary_points(ref), _as_float(frame[column]))
+            summary.numeric[column] = NumericCounts.of(_summary_points(ref), _float_chunks(frame[column]))
         else:
             summary.categorical[column] = CategoryCounts.of(list(ref["shares"]), frame[column])
     if scores is not None:
@@ -1005,7 +1140,7 @@ def compare_summary(
 
 def compare(
     profile: dict[str, Any],
-    frame: pd.DataFrame,
+    frame: pd.DataFrame | pa.Table,
     scores: np.ndarray | None,
     batch: str,
     config: DriftConfig,

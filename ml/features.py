@@ -2,16 +2,20 @@
 
 Numeric features become float64; categorical features become pandas categoricals over a vocabulary fixed at
 training time (stored inside the model), so codes mean the same thing at training and at scoring, and an
-unseen category scores as missing instead of shifting the codes of the others.
+unseen category scores as missing instead of shifting the codes of the others. ``model_batches`` makes the same
+input from an Arrow table (dictionary arrays over the vocabulary), without a pandas copy.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ml.config import LooplineConfig
 
@@ -66,20 +70,78 @@ def fit_vocabulary(frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, list[str
     }
 
 
+def _numeric(values: pd.Series) -> pd.Series:
+    """A numeric feature as float64; values that are no number become missing."""
+    return pd.to_numeric(values, errors="coerce").astype("float64")
+
+
+def _category_codes(values: pd.Series, categories: list[str]) -> np.ndarray:
+    """Codes of ``values`` in the vocabulary, matched as text; -1 for missing and unseen values.
+
+    Only the distinct values are matched (``pd.factorize``), not every row.
+    """
+    found, uniques = pd.factorize(values, use_na_sentinel=True)
+    lookup = pd.Index(categories, dtype=object).get_indexer([str(v) for v in uniques])
+    return np.append(lookup, -1)[found] if len(uniques) else np.full(len(found), -1)
+
+
 def model_frame(frame: pd.DataFrame, spec: FeatureSpec, vocabulary: dict[str, list[str]]) -> pd.DataFrame:
     """The model's input: float64 numerics and categoricals over the training vocabulary.
 
-    Categorical values are factorised and only the distinct values matched as text against the vocabulary;
-    values unseen in training and missing values get code -1 (missing), never a shifted code.
+    Values unseen in training and missing values get code -1 (missing), never a shifted code.
     """
-    out = {column: pd.to_numeric(frame[column], errors="coerce").astype("float64") for column in spec.numeric}
+    out = {column: _numeric(frame[column]) for column in spec.numeric}
     for column in spec.categorical:
         categories = vocabulary.get(column, [])
-        found, uniques = pd.factorize(frame[column], use_na_sentinel=True)
-        lookup = pd.Index(categories, dtype=object).get_indexer([str(v) for v in uniques])
-        codes = np.append(lookup, -1)[found] if len(uniques) else np.full(len(found), -1)
+        codes = _category_codes(frame[column], categories)
         out[column] = pd.Categorical.from_codes(codes, categories=pd.Index(categories, dtype="str"))
     return pd.DataFrame(out, index=frame.index)
+
+
+def model_batches(table: pa.Table, spec: FeatureSpec, vocabulary: dict[str, list[str]]) -> Iterator[pa.Table]:
+    """``model_frame`` of an Arrow table, one table per record batch of it (no pandas copy, no concatenation).
+
+    Float64 numerics pass as they are (nulls are missing), other numbers and booleans are cast; categoricals
+    become dictionary arrays over the vocabulary, missing and unseen values null. Text (or dictionary-encoded
+    text) is matched per distinct value in Arrow; columns of other types take ``model_frame``'s pandas path.
+    Every array starts at offset 0 (XGBoost reads Arrow buffers from their start).
+    """
+    vocabularies = {column: vocabulary.get(column, []) for column in spec.categorical}
+    dictionaries = {column: pa.array(found, pa.string()) for column, found in vocabularies.items()}
+    for batch in table.select(spec.columns).to_batches():
+        arrays = [_arrow_numeric(batch.column(column)) for column in spec.numeric]
+        arrays += [
+            _arrow_categorical(batch.column(column), vocabularies[column], dictionaries[column])
+            for column in spec.categorical
+        ]
+        yield pa.Table.from_arrays(arrays, names=spec.columns)
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _arrow_numeric(values: pa.Array) -> pa.Array:
+    """One numeric feature column of a record batch as float64 (``_numeric``'s values)."""
+    kind = values.type
+    if pa.types.is_float64(kind):
+        return pa.concat_arrays([values]) if values.offset else values
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+        return values.cast(pa.float64(), safe=False)
+    return pa.array(_numeric(values.to_pandas()).to_numpy(), pa.float64())
+
+
+def _arrow_categorical(values: pa.Array, categories: list[str], dictionary: pa.Array) -> pa.DictionaryArray:
+    """One categorical feature column of a record batch as codes into ``dictionary`` (the vocabulary)."""
+    kind = values.type
+    if _is_text(kind) or (pa.types.is_dictionary(kind) and _is_text(kind.value_type)):
+        encoded = values if pa.types.is_dictionary(kind) else values.dictionary_encode()
+        lookup = pd.Index(categories, dtype=object).get_indexer(encoded.dictionary.to_pylist())
+        indices = pc.take(pa.array(lookup, pa.int32(), mask=lookup < 0), encoded.indices)
+    else:
+        codes = _category_codes(values.to_pandas(), categories)
+        indices = pa.array(codes, pa.int32(), mask=codes < 0)
+    return pa.DictionaryArray.from_arrays(indices, dictionary)
 
 
 def labels(frame: pd.DataFrame, target: str) -> pd.Series:

@@ -124,9 +124,10 @@ class Lake:
         return self._commit(table, batch, source, len(frame), content_hash(payload), payload)
 
     def write_stream(
-        self, table: str, batch: str, chunks: Iterable[pd.DataFrame], source: str | None = None
+        self, table: str, batch: str, chunks: Iterable[pd.DataFrame | pa.Table], source: str | None = None
     ) -> Partition:
-        """Replace ``table/batch`` with the concatenation of ``chunks``, written as they come (bounded memory).
+        """Replace ``table/batch`` with the concatenation of ``chunks`` (DataFrames or Arrow tables of one
+        schema), written as they come (bounded memory).
 
         Same guarantees as ``write``: under the partition's lock the rows go to a temporary file in its folder,
         hashed while written, and become visible by one rename.
@@ -224,15 +225,33 @@ class Lake:
         return files
 
     def read(self, table: str, batches: Iterable[str], columns: Sequence[str] | None = None) -> pd.DataFrame:
-        """The rows of the given batches (only ``columns`` when given), in batch order."""
-        return self.read_arrow(table, batches, columns).to_pandas()
+        """The rows of the given batches (only ``columns`` when given), in batch order.
+
+        Rows of several row groups convert column by column (no consolidation copy into one block), the Arrow
+        memory released as it goes. A single-chunk column would become a read-only view of Arrow memory that
+        pandas cannot write into, so such (small) reads convert the usual way.
+        """
+        arrow = self.read_arrow(table, batches, columns)
+        if any(column.num_chunks == 1 for column in arrow.columns):
+            return arrow.to_pandas()
+        return arrow.to_pandas(split_blocks=True, self_destruct=True)
 
     def read_arrow(
-        self, table: str, batches: Iterable[str], columns: Sequence[str] | None = None
+        self,
+        table: str,
+        batches: Iterable[str],
+        columns: Sequence[str] | None = None,
+        dictionary: Sequence[str] = (),
     ) -> pa.Table:
-        """``read`` as an Arrow table (no pandas conversion)."""
+        """``read`` as an Arrow table (no pandas conversion); text columns named in ``dictionary`` come
+        dictionary-encoded, as Parquet stores them (no string copied); other columns named there are unaffected."""
         files = self.files(table, batches)
-        tables = [pq.read_table(f, columns=list(columns) if columns else None) for f in files]
+        tables = [
+            pq.read_table(
+                f, columns=list(columns) if columns else None, read_dictionary=list(dictionary) or None
+            )
+            for f in files
+        ]
         return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
 
     def schema(self, table: str, batch: str) -> pa.Schema:
@@ -240,20 +259,31 @@ class Lake:
         return pq.read_schema(self.files(table, [batch])[0])
 
     def scan(
-        self, table: str, batches: Iterable[str], columns: Sequence[str] | None, batch_rows: int
+        self,
+        table: str,
+        batches: Iterable[str],
+        columns: Sequence[str] | None,
+        batch_rows: int,
+        dictionary: Sequence[str] = (),
     ) -> Iterator[tuple[str, int, pa.RecordBatch]]:
         """Stream the batches' rows as Arrow record batches of at most ``batch_rows`` rows (only ``columns``).
 
         Yields ``(batch key, offset of the first row within that partition, record batch)`` in row order,
         reading one partition at a time with pyarrow datasets and no read-ahead, so memory stays near one
-        record batch plus one Parquet row group of the chosen columns.
+        record batch plus one Parquet row group of the chosen columns. ``dictionary`` as in ``read_arrow``.
         """
         import pyarrow.dataset as ds
 
         keys = list(batches)
+        # pre_buffer (pyarrow's default) fetches every row group of a fragment at once: memory would grow with
+        # the partition instead of staying near one row group.
+        form = ds.ParquetFileFormat(
+            dictionary_columns=list(dictionary),
+            default_fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False),
+        )
         for key, data_file in zip(keys, self.files(table, keys), strict=True):
             offset = 0
-            for record_batch in ds.dataset(data_file, format="parquet").to_batches(
+            for record_batch in ds.dataset(data_file, format=form).to_batches(
                 columns=list(columns) if columns is not None else None,
                 batch_size=batch_rows,
                 batch_readahead=0,
@@ -328,17 +358,23 @@ class _HashingSink:
         return self.raw.tell()
 
 
-def _write_chunks(handle: int, chunks: Iterable[pd.DataFrame], folder: Path) -> tuple[int, str]:
-    """Write DataFrame chunks as one Parquet file to an open descriptor; returns (rows, sha256 of the bytes)."""
+def _write_chunks(handle: int, chunks: Iterable[pd.DataFrame | pa.Table], folder: Path) -> tuple[int, str]:
+    """Write DataFrame or Arrow chunks as one Parquet file to an open descriptor; returns (rows, sha256)."""
     rows, digest = 0, hashlib.sha256()
     with os.fdopen(handle, "wb") as raw:
         writer: pq.ParquetWriter | None = None
         sink = _HashingSink(raw, digest)
         try:
             for chunk in chunks:
-                arrow = pa.Table.from_pandas(chunk, preserve_index=False)
+                arrow = (
+                    chunk
+                    if isinstance(chunk, pa.Table)
+                    else pa.Table.from_pandas(chunk, preserve_index=False)
+                )
                 if writer is None:
-                    writer = pq.ParquetWriter(sink, arrow.schema, compression="zstd")
+                    writer = pq.ParquetWriter(
+                        sink, arrow.schema, compression="zstd", use_dictionary=_text_columns(arrow.schema)
+                    )
                 writer.write_table(arrow, row_group_size=ROW_GROUP_ROWS)
                 rows += len(chunk)
         except BaseException:
@@ -352,6 +388,18 @@ def _write_chunks(handle: int, chunks: Iterable[pd.DataFrame], folder: Path) -> 
         raw.flush()
         os.fsync(raw.fileno())
     return rows, digest.hexdigest()
+
+
+def _text_columns(schema: pa.Schema) -> list[str]:
+    """The columns worth Parquet's dictionary encoding: text (numbers' dictionaries mostly overflow and are
+    dropped after the work is done: writing scores takes 3x as long and twice the bytes)."""
+    return [
+        field.name
+        for field in schema
+        if pa.types.is_string(field.type)
+        or pa.types.is_large_string(field.type)
+        or pa.types.is_dictionary(field.type)
+    ]
 
 
 def _write_error(folder: Path, exc: OSError) -> LakeError:

@@ -9,6 +9,7 @@ engine (``ml.engines.engine_for``: ``local`` or ``spark``); the steps keep the t
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +149,15 @@ def train_challenger(
     from ml import registry, train
 
     params = train.hyperparameters(config.training, overrides)
-    trained = engine_for(config, paths).train(batches, params)
-    partitions = [lake_of(paths).partition(config.dataset.name, b) for b in batches]
+    lake = lake_of(paths)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopline-lineage") as pool:
+        # What logging needs and training does not (MLflow's first connection, the partitions' content
+        # hashes, the code version) is prepared while the model trains (XGBoost and Spark leave the GIL).
+        prepared = pool.submit(registry.prepare_training_log, config, paths)
+        hashed = pool.submit(lambda: [lake.partition(config.dataset.name, b) for b in batches])
+        commit = pool.submit(code_version)
+        trained = engine_for(config, paths).train(batches, params)
+        experiment_id, partitions = prepared.result(), hashed.result()
     ref = registry.log_training_run(
         config,
         paths,
@@ -167,13 +175,13 @@ def train_challenger(
             **tags,
             **trained.lineage,
             "loopline.window": f"{batches[0]}..{batches[-1]}",
-            "loopline.code_version": code_version(),
+            "loopline.code_version": commit.result(),
         },
     )
     return {
         "version": ref.version,
         "run_id": ref.run_id,
-        "experiment_id": registry.connect(config, paths),
+        "experiment_id": experiment_id,
         "train_rows": trained.train_rows,
         "holdout_rows": len(trained.holdout),
     }
@@ -389,7 +397,7 @@ def monitor_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str,
             "reason": "no champion yet: nothing to compare against (train the first model)",
         }
     profile = registry.load_profile(current)
-    monitored = engine_for(config, paths).monitor(batch, _booster(current), profile)
+    monitored = engine_for(config, paths).monitor(batch, registry.load_booster(current), profile)
     result, realised = monitored.drift, monitored.realised
     reference_auc = (profile.get("performance") or {}).get("roc_auc")
     order = lake_of(paths).batches(config.dataset.name)
@@ -424,7 +432,7 @@ def score_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str, A
     current = registry.champion(config)
     if current is None:
         return {"batch": batch, "scored": False, "reason": "no champion yet"}
-    return engine_for(config, paths).score(batch, _booster(current), current.version)
+    return engine_for(config, paths).score(batch, registry.load_booster(current), current.version)
 
 
 def suggest_expectations(

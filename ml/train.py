@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import xgboost as xgb
 
 from ml.config import LooplineConfig, TrainingConfig
-from ml.features import FeatureSpec, fit_vocabulary, labels, model_frame
+from ml.features import FeatureSpec, fit_vocabulary, labels, model_batches, model_frame
 
 SPEC_ATTR = "loopline_feature_spec"
 VOCAB_ATTR = "loopline_vocabulary"
@@ -49,15 +50,43 @@ def hyperparameters(training: TrainingConfig, overrides: dict[str, Any] | None =
 
 def split_holdout(older: pd.DataFrame, newest: pd.DataFrame, config: LooplineConfig) -> Split:
     """Train on the older batches plus the early part of the newest; hold out its latest share."""
-    target = config.dataset.target
-    older = older[older[target].notna()]
-    newest = newest[newest[target].notna()]
+    labelled = older[config.dataset.target].notna().to_numpy()
+    older = older if labelled.all() else older[labelled]
+    train_rows, holdout_rows = _newest_split(newest, config)
+    train = pd.concat([older, _rows(newest, train_rows)], ignore_index=True)
+    return Split(train, _rows(newest, holdout_rows).reset_index(drop=True))
+
+
+def split_window(window: pd.DataFrame, newest_rows: int, config: LooplineConfig) -> Split:
+    """``split_holdout`` of a window read as one frame whose last ``newest_rows`` rows are the newest batch.
+
+    The same rows in the same order; the training rows are a slice of ``window`` (no copy) when every row is
+    labelled and the newest batch is in event-time order, as batches usually are.
+    """
+    start = len(window) - newest_rows
+    older = np.flatnonzero(window[config.dataset.target].iloc[:start].notna().to_numpy())
+    train_rows, holdout_rows = _newest_split(window.iloc[start:], config)
+    train = _rows(window, np.concatenate([older, start + train_rows])).reset_index(drop=True)
+    return Split(train, _rows(window, start + holdout_rows).reset_index(drop=True))
+
+
+def _newest_split(newest: pd.DataFrame, config: LooplineConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the newest batch's training and holdout rows: its labelled rows in stable event-time
+    order, the latest ``training.holdout_fraction`` held out."""
+    order = np.flatnonzero(newest[config.dataset.target].notna().to_numpy())
     time_column = config.dataset.time_column
-    ordered = newest.sort_values(time_column, kind="stable") if time_column else newest
-    cut = round(len(ordered) * (1 - config.training.holdout_fraction))
-    train = pd.concat([older, ordered.iloc[:cut]], ignore_index=True)
-    holdout = ordered.iloc[cut:].reset_index(drop=True)
-    return Split(train, holdout)
+    if time_column:
+        times = newest[time_column].iloc[order].reset_index(drop=True)
+        order = order[times.sort_values(kind="stable").index.to_numpy()]
+    cut = round(len(order) * (1 - config.training.holdout_fraction))
+    return order[:cut], order[cut:]
+
+
+def _rows(frame: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
+    """``frame.take(positions)``, a slice (no copy) when the positions are a contiguous ascending run."""
+    if positions.size and bool(np.all(np.diff(positions) == 1)):
+        return frame.iloc[positions[0] : positions[-1] + 1]
+    return frame.take(positions)
 
 
 def check_labels(rows: int, positives: int) -> None:
@@ -96,18 +125,55 @@ def _finish(booster: xgb.Booster, spec: FeatureSpec, vocabulary: dict[str, list[
     return booster
 
 
-def fit(train: pd.DataFrame, spec: FeatureSpec, target: str, params: dict[str, Any]) -> xgb.Booster:
-    """Fit a binary XGBoost classifier (hist, native categoricals) on labelled rows."""
+@dataclass(frozen=True)
+class Fitted:
+    """A trained booster and its probabilities on its own training rows (in row order, float64)."""
+
+    booster: xgb.Booster
+    scores: np.ndarray
+
+
+class _TrainingScores(xgb.callback.TrainingCallback):
+    """Reads the booster's probabilities on its training matrix when boosting ends.
+
+    XGBoost keeps the training rows' predictions current while it boosts (its prediction cache) and
+    ``xgboost.train`` returns a copy without that cache: read here, the scores cost a copy instead of a second
+    pass of every tree over every row, and equal ``predict`` on the same rows bit for bit.
+    """
+
+    def __init__(self, matrix: xgb.DMatrix) -> None:
+        super().__init__()
+        self.matrix = matrix
+        self.scores: np.ndarray | None = None
+
+    def after_training(self, model: xgb.Booster) -> xgb.Booster:
+        self.scores = np.asarray(model.predict(self.matrix), dtype="float64")
+        return model
+
+
+def fit_scored(train: pd.DataFrame, spec: FeatureSpec, target: str, params: dict[str, Any]) -> Fitted:
+    """``fit``, plus the booster's scores on the training rows (read from XGBoost's prediction cache)."""
     y = labels(train, target)
     positives = int(y.sum())
     check_labels(len(y), positives)
     vocabulary = fit_vocabulary(train, spec)
     features = model_frame(train, spec, vocabulary)
     matrix = xgb.DMatrix(features, label=y.to_numpy(), enable_categorical=True, missing=np.nan)
+    del features  # the matrix holds its own copy
+    scored = _TrainingScores(matrix)
     booster = xgb.train(
-        booster_params(params, len(y), positives), matrix, num_boost_round=params["num_boost_round"]
+        booster_params(params, len(y), positives),
+        matrix,
+        num_boost_round=params["num_boost_round"],
+        callbacks=[scored],
     )
-    return _finish(booster, spec, vocabulary)
+    assert scored.scores is not None  # after_training always runs
+    return Fitted(_finish(booster, spec, vocabulary), scores=scored.scores)
+
+
+def fit(train: pd.DataFrame, spec: FeatureSpec, target: str, params: dict[str, Any]) -> xgb.Booster:
+    """Fit a binary XGBoost classifier (hist, native categoricals) on labelled rows."""
+    return fit_scored(train, spec, target, params).booster
 
 
 class FrameIter(xgb.DataIter):
@@ -167,17 +233,26 @@ def fit_external(
     return _finish(booster, spec, vocabulary)
 
 
-def predict(booster: xgb.Booster, frame: pd.DataFrame) -> np.ndarray:
-    """Probabilities of the positive class for raw rows, encoded with the booster's own spec and vocabulary."""
+def predict(booster: xgb.Booster, frame: pd.DataFrame | pa.Table) -> np.ndarray:
+    """Probabilities of the positive class for raw rows, encoded with the booster's own spec and vocabulary.
+
+    An Arrow table is encoded and scored record batch by record batch (``model_batches``): the same scores
+    without a pandas copy of the rows.
+    """
     spec_json, vocab_json = booster.attr(SPEC_ATTR), booster.attr(VOCAB_ATTR)
     if spec_json is None or vocab_json is None:
         raise ValueError("this booster was not trained by Loopline: it carries no feature spec")
     spec = FeatureSpec.from_json(spec_json)
-    missing = [c for c in spec.columns if c not in frame.columns]
+    arrow = isinstance(frame, pa.Table)
+    present = set(frame.column_names if arrow else frame.columns)
+    missing = [c for c in spec.columns if c not in present]
     if missing:
         raise KeyError(f"input lacks the model's feature column(s) {', '.join(missing)}")
-    features = model_frame(frame, spec, json.loads(vocab_json))
-    return np.asarray(booster.inplace_predict(features), dtype="float64")
+    vocabulary = json.loads(vocab_json)
+    if not arrow:
+        return np.asarray(booster.inplace_predict(model_frame(frame, spec, vocabulary)), dtype="float64")
+    scores = [booster.inplace_predict(part) for part in model_batches(frame, spec, vocabulary)]
+    return np.concatenate(scores).astype("float64") if scores else np.zeros(0)
 
 
 def feature_spec_of(booster: xgb.Booster) -> FeatureSpec:

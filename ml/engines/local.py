@@ -22,11 +22,13 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ml import drift, performance, quality, train
 from ml.config import LooplineConfig, Paths
@@ -111,14 +113,19 @@ class LocalEngine:
         fitting = int(self.config.engine.memory_budget_mb * 2**20 / 8 / per_row)
         return max(1000, min(self.config.engine.batch_rows, fitting))
 
-    def _frames(
-        self, batches: Sequence[str], columns: Sequence[str] | None, stream: bool
-    ) -> Iterator[pd.DataFrame]:
-        """One frame of everything when it fits, else the streamed record batches."""
-        if stream:
-            yield from self.chunks(batches, columns)
-        else:
-            yield self.lake.read(self.table, batches, columns)
+    def _tables(
+        self, batches: Sequence[str], columns: Sequence[str], stream: bool, dictionary: Sequence[str]
+    ) -> Iterator[pa.Table]:
+        """One Arrow table of everything when it fits, else one per streamed record batch (no pandas copy).
+
+        Text columns named in ``dictionary`` come dictionary-encoded (``Lake.read_arrow``).
+        """
+        if not stream:
+            yield self.lake.read_arrow(self.table, batches, columns, dictionary)
+            return
+        rows = self.chunk_rows(batches, columns)
+        for _, _, record_batch in self.lake.scan(self.table, batches, columns, rows, dictionary):
+            yield pa.Table.from_batches([record_batch])
 
     def _spec(self, batch: str) -> FeatureSpec:
         empty = self.lake.schema(self.table, batch).empty_table().to_pandas()
@@ -149,30 +156,27 @@ class LocalEngine:
         if self.out_of_core(batches):
             return self._train_streaming(batches, params)
         dataset = self.config.dataset
-        older = (
-            self.lake.read(self.table, batches[:-1])
-            if len(batches) > 1
-            else self.lake.read(self.table, batches[-1:]).iloc[0:0]
-        )
-        split = train.split_holdout(older, self.lake.read(self.table, batches[-1:]), self.config)
+        window = self.lake.read(self.table, batches)
+        split = train.split_window(window, self.lake.footer_rows(self.table, batches[-1:]), self.config)
+        del window  # the split holds what training needs (slices of it, when it can)
         spec = resolve_features(self.config, split.train.columns, split.train.dtypes)
-        booster = train.fit(split.train, spec, dataset.target, params)
-        scores = train.predict(booster, split.train)
+        bins = self.config.drift.bins
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopline-profile") as pool:
+            # The features' profile does not depend on the model: built while it trains (numpy and XGBoost
+            # leave the GIL), the scores' part is added after.
+            features = pool.submit(drift.feature_profiles, split.train, spec, bins)
+            fitted = train.fit_scored(split.train, spec, dataset.target, params)
+            columns = features.result()
         y = split.train[dataset.target].astype(int).to_numpy()
         return self._trained(
-            booster,
+            fitted.booster,
             spec,
-            scores,
+            fitted.scores,
             y,
             split.holdout,
             split.train.head(SAMPLE_ROWS),
-            lambda importance, calibration: drift.build_profile(
-                split.train,
-                spec,
-                scores,
-                self.config.drift.bins,
-                importance=importance,
-                calibration=calibration,
+            lambda importance, calibration: drift.assemble_profile(
+                columns, fitted.scores, len(y), bins, importance=importance, calibration=calibration
             ),
             self._lineage(False, batches, None),
         )
@@ -315,19 +319,24 @@ class LocalEngine:
         return gathered.iloc[order].reset_index(drop=True)
 
     def monitor(self, batch: str, booster: xgb.Booster, profile: dict[str, Any]) -> MonitoredBatch:
-        """Drift statistics of one batch and the booster's scores on it, merged over record batches."""
+        """Drift statistics of one batch and the booster's scores on it, merged over record batches.
+
+        Read, scored and counted in Arrow (categoricals dictionary-encoded), never copied into pandas.
+        """
         target = self.config.dataset.target
         spec = train.feature_spec_of(booster)
         columns = list(dict.fromkeys([*spec.columns, *drift.summary_columns(profile), target]))
         available = set(self.lake.schema(self.table, batch).names)
         columns = [c for c in columns if c in available]
+        kinds = {column: ref["kind"] for column, ref in profile["columns"].items()}
+        text = [c for c in columns if c in spec.categorical or kinds.get(c) == "categorical"]
         summaries, labels, labelled_scores = [], [], []
-        for frame in self._frames([batch], columns, self.out_of_core([batch], columns)):
-            scores = train.predict(booster, frame)
-            summaries.append(drift.summarize_batch(profile, frame, scores))
-            known = frame[target].notna().to_numpy()
-            labels.append(frame.loc[known, target].astype(int).to_numpy())
-            labelled_scores.append(scores[known])
+        for table in self._tables([batch], columns, self.out_of_core([batch], columns), text):
+            scores = train.predict(booster, table)
+            summaries.append(drift.summarize_batch(profile, table, scores))
+            y, s = _labelled(table, target, scores)
+            labels.append(y)
+            labelled_scores.append(s)
         summary = drift.merge_summaries(summaries)
         result = drift.compare_summary(profile, summary, batch, self.config.drift)
         y, s = np.concatenate(labels), np.concatenate(labelled_scores)
@@ -335,7 +344,10 @@ class LocalEngine:
         return MonitoredBatch(drift=result, realised=realised, rows=summary.rows)
 
     def score(self, batch: str, booster: xgb.Booster, model_version: str) -> dict[str, Any]:
-        """Score one batch into its predictions partition, record batch by record batch past the budget."""
+        """Score one batch into its predictions partition, record batch by record batch past the budget.
+
+        Read and scored in Arrow; the predictions (id, time, score, model version) are written from Arrow.
+        """
         dataset = self.config.dataset
         spec = train.feature_spec_of(booster)
         keep = [c for c in (dataset.id_column, dataset.time_column) if c]
@@ -344,16 +356,17 @@ class LocalEngine:
         labels: list[np.ndarray] = []
         labelled_scores: list[np.ndarray] = []
 
-        def predictions() -> Iterator[pd.DataFrame]:
-            for frame in self._frames([batch], columns, stream):
-                scores = train.predict(booster, frame)
-                known = frame[dataset.target].notna().to_numpy()
-                labels.append(frame.loc[known, dataset.target].astype(int).to_numpy())
-                labelled_scores.append(scores[known])
-                out = frame[keep].copy()
-                out["score"] = scores
-                out["model_version"] = model_version
-                yield out
+        def predictions() -> Iterator[pa.Table]:
+            for table in self._tables([batch], columns, stream, spec.categorical):
+                scores = train.predict(booster, table)
+                y, s = _labelled(table, dataset.target, scores)
+                labels.append(y)
+                labelled_scores.append(s)
+                version = pa.repeat(pa.scalar(model_version, pa.large_string()), len(scores))
+                yield pa.table(
+                    [*(table.column(c) for c in keep), pa.array(scores), version],
+                    names=[*keep, "score", "model_version"],
+                )
 
         partition = self.lake.write_stream(f"{self.table}__predictions", batch, predictions())
         summary: dict[str, Any] = {
@@ -367,3 +380,10 @@ class LocalEngine:
         if y.size:
             summary["roc_auc"] = roc_auc(y, np.concatenate(labelled_scores))
         return summary
+
+
+def _labelled(table: pa.Table, target: str, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 0/1 labels of the rows that have one, and those rows' scores."""
+    values = table.column(target).to_pandas()
+    known = values.notna().to_numpy()
+    return values[known].astype(int).to_numpy(), scores[known]

@@ -175,6 +175,29 @@ def test_streaming_scores_equal_in_memory_scores(trained: dict, lake: tuple) -> 
     assert Lake(paths.lake).partition(table, keys[3]).rows == SCENARIO.rows_per_month
 
 
+def test_arrow_scores_equal_pandas_scores(trained: dict, lake: tuple) -> None:
+    """Scoring Arrow (record batch by record batch, text dictionary-encoded or not) equals scoring the frame."""
+    import pyarrow as pa
+
+    config, paths, keys = lake
+    booster = trained["never"].booster
+    spec = train.feature_spec_of(booster)
+    frame = Lake(paths.lake).read(config.dataset.name, [keys[3]])
+    frame.loc[:50, spec.categorical[0]] = "never-seen"
+    frame.loc[51:90, spec.categorical[0]] = None
+    frame.loc[91:130, spec.numeric[0]] = np.nan
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    read = Lake(paths.lake).read_arrow(config.dataset.name, [keys[3]], None, spec.categorical)
+    expected = train.predict(booster, frame)
+    for arrow in (table, pa.concat_tables([table.slice(0, 1234), table.slice(1234)])):
+        np.testing.assert_array_equal(train.predict(booster, arrow), expected)
+    assert pa.types.is_dictionary(read.schema.field(spec.categorical[0]).type)
+    np.testing.assert_array_equal(
+        train.predict(booster, read),
+        train.predict(booster, Lake(paths.lake).read(config.dataset.name, [keys[3]])),
+    )
+
+
 def test_external_memory_training_over_a_small_budget(tmp_path: Path) -> None:
     """A window over a 64 MB budget: the external-memory booster's AUC is within 0.005 of in-memory training."""
     rng = np.random.default_rng(5)

@@ -64,3 +64,40 @@ def test_vectorised_encoding_matches_text_matching() -> None:
     assert encoded["k"].cat.codes.tolist() == [1, -1, 0]
     assert encoded["o"].cat.codes.tolist() == [1, -1, 0]
     assert list(encoded["c"].cat.categories) == ["a", "b"]
+
+
+def test_training_scores_come_from_the_cache_equal_to_predict_and_change_no_model(config, data) -> None:
+    from ml.train import fit_scored
+
+    params = hyperparameters(config.training, {"num_boost_round": 30})
+    fitted = fit_scored(data, SPEC, TARGET, params)
+    assert np.array_equal(fitted.scores, predict(fitted.booster, data))
+    assert fitted.scores.dtype == np.float64
+    assert fitted.booster.save_raw() == fit(data, SPEC, TARGET, params).save_raw()
+
+
+def test_splits_take_labelled_rows_in_event_time_order(config) -> None:
+    from ml.train import split_holdout, split_window
+
+    target, time_column = config.dataset.target, config.dataset.time_column
+    rng = np.random.default_rng(3)
+
+    def batch(rows: int, start: int) -> pd.DataFrame:
+        labels = rng.integers(0, 2, rows).astype("float64")
+        labels[rng.random(rows) < 0.1] = np.nan
+        times = pd.Timestamp("2025-01-01") + pd.to_timedelta(rng.integers(0, 50, rows), unit="D")
+        return pd.DataFrame({"id": np.arange(start, start + rows), target: labels, time_column: times})
+
+    older, newest = batch(300, 0), batch(200, 1000)
+    # Unlabelled rows out of order, and the already clean, sorted case (taken as a slice, not a copy).
+    for old, new in ((older, newest), (older.dropna(), newest.dropna().sort_values(time_column))):
+        split = split_holdout(old, new, config)
+        # What the split means, spelled out: labelled rows; the newest batch stably sorted by event time.
+        kept = new[new[target].notna()].sort_values(time_column, kind="stable")
+        cut = round(len(kept) * (1 - config.training.holdout_fraction))
+        expected = pd.concat([old[old[target].notna()], kept.iloc[:cut]], ignore_index=True)
+        pd.testing.assert_frame_equal(split.train, expected)
+        pd.testing.assert_frame_equal(split.holdout, kept.iloc[cut:].reset_index(drop=True))
+        whole = split_window(pd.concat([old, new], ignore_index=True), len(new), config)
+        pd.testing.assert_frame_equal(whole.train, expected)
+        pd.testing.assert_frame_equal(whole.holdout, split.holdout)
