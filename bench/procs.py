@@ -1,9 +1,16 @@
-"""Run one measured step in a child process and collect its result and its peak RSS (``os.wait4``)."""
+"""Run one measured step in a child process and collect its result and its peak RSS.
+
+The peak is the child's own ``VmHWM`` when it reports one (``PEAK_KEY`` in its result: bench.worker does), else
+``os.wait4``'s ``ru_maxrss``. The latter keeps the high-water mark of the parent that spawned the child (``vfork``
++ ``exec`` start the child in the parent's memory map), so after the parent generated data every child would
+report at least the parent's peak.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -17,6 +24,18 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MAIN_PYTHON = PROJECT_ROOT / ".venv" / "bin" / "python"
 OMP_WAIT_POLICY: str | None = "PASSIVE"
 """Given to every child: spinning OpenMP threads (the default) collapse when other work shares the cores."""
+
+
+PEAK_KEY = "_own_peak_rss_kib"
+"""The key under which a child reports its own peak RSS (KiB) in its JSON result."""
+
+
+def own_peak_rss_kib() -> int:
+    """This process's peak RSS in KiB (``VmHWM``, which starts afresh at ``exec``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 class StepFailed(RuntimeError):
@@ -66,7 +85,7 @@ def run_child(
     cwd: Path,
     timeout: float = 1800.0,
 ) -> ChildResult:
-    """Run ``command`` (which writes its JSON result to $BENCH_RESULT); return it with the child's max RSS."""
+    """Run ``command`` (which writes its JSON result to $BENCH_RESULT); return it with the child's peak RSS."""
     with tempfile.TemporaryDirectory(prefix="bench-child-") as tmp:
         result_file = Path(tmp) / "result.json"
         log_file = Path(tmp) / "output.log"
@@ -88,8 +107,9 @@ def run_child(
         if process.returncode != 0 or not result_file.is_file():
             raise StepFailed(f"{' '.join(command[-3:])} exited with {process.returncode}:\n{tail}")
         payload = json.loads(result_file.read_text())
-    # ru_maxrss is in KiB on Linux.
-    return ChildResult(payload, usage.ru_maxrss / 1024.0, wall, tail)
+    # Both figures are in KiB on Linux.
+    peak_kib = payload.pop(PEAK_KEY, None) if isinstance(payload, dict) else None
+    return ChildResult(payload, (peak_kib or usage.ru_maxrss) / 1024.0, wall, tail)
 
 
 def run_worker(

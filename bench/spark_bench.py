@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import platform
-import resource
 import shutil
 import sys
 import tempfile
@@ -234,20 +233,10 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         return {
-            "driver_python_peak_rss_mib": round(_high_water_kib() / 1024, 1),
+            "driver_python_peak_rss_mib": round(procs.own_peak_rss_kib() / 1024, 1),
             "tree_peak_rss_mib": round(self.tree_peak / 2**20, 1),
             "jvm_peak_rss_mib": round(self.jvm_peak / 2**20, 1),
         }
-
-
-def _high_water_kib() -> int:
-    """This process's peak RSS (``VmHWM``). Not ``ru_maxrss``: that keeps the high-water mark of the parent
-    that spawned it (``vfork`` + ``exec``), so a child of a parent that generated the data reports the parent's
-    peak; the same holds for ``os.wait4``'s figure."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _drifted(result: Any) -> list[str]:
