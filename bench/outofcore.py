@@ -4,8 +4,9 @@ Writes a training window and a new batch whose in-memory size (the local engine'
 is ``--factor`` times ``engine.memory_budget_mb`` each, then runs the local engine's gate, training, drift and
 scoring on them, each step in a fresh child process: streaming (``engine.out_of_core: auto``, which picks
 streaming past the budget) and in memory on the same data (``never``). Reports per step the time, rows per
-second, peak RSS (``os.wait4``), the ratio of throughputs, and the fixed overhead (a child that only imports the
-step's modules). Results go to ``--json`` (default ``bench/outofcore.json``) and are printed as a Markdown table.
+second, peak RSS (the child's own ``VmHWM``, see bench.procs), the ratio of throughputs, and the fixed overhead
+(a child that only imports the step's modules). Results go to ``--json`` (default ``bench/outofcore.json``) and
+are printed as a Markdown table.
 """
 
 from __future__ import annotations

@@ -201,7 +201,7 @@ def markdown(results: dict[str, Any]) -> str:
     out += _table(["step", "rows", "median s", "range s", "rows/s", "peak RSS MiB"], step_rows)
     out += [
         "",
-        "Peak RSS is the child process's maximum resident set (`os.wait4`), imports and the input frame included.",
+        "Peak RSS is the child process's own high-water mark (`VmHWM`), imports and the input frame included.",
         "",
         "## Where the time goes (Loopline steps, inclusive wall time per call, median repeat)",
         "",
