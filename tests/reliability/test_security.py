@@ -370,7 +370,8 @@ def test_no_dag_param_takes_a_model_uri(tmp_path_factory: pytest.TempPathFactory
         found = []
         for dag_id, dag in bag.dags.items():
             for name, param in dag.params.items():
-                described = f"{name} {param.value!r} {param.schema} {getattr(param, 'description', '')}"
+                schema = {k: v for k, v in param.schema.items() if k != "$schema"}  # the JSON Schema dialect
+                described = f"{name} {param.value!r} {schema} {getattr(param, 'description', '')}"
                 if suspicious.search(name) or re.search(r"[a-z]+:/", described):
                     found.append(f"{dag_id}.{name}: {described[:200]}")
         assert found == [], found
