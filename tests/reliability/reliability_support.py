@@ -216,11 +216,13 @@ def train_once(home: Home, end_batch: str | None = None, overrides: dict[str, An
     return {"window": window, "trained": trained, "evaluation": evaluation, "promotion": promotion}
 
 
-def scenario_of(months: int) -> Any:
-    """The suite's demo data: 1,200 loans a month, a shift from month 7, no incident month."""
+def scenario_of(months: int, rows_per_month: int = 1200) -> Any:
+    """The suite's demo data: 1,200 loans a month unless told, a shift from month 7, no incident month."""
     from ml import demo_data
 
-    return demo_data.Scenario(months=months, rows_per_month=1200, shift_from_month=7, incident_months=())
+    return demo_data.Scenario(
+        months=months, rows_per_month=rows_per_month, shift_from_month=7, incident_months=()
+    )
 
 
 def migrated_mlflow_store(target: Path) -> Path:

@@ -124,6 +124,11 @@ class PrivatePostgres:
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{name}"
 
 
+RUNNING_POLL = 0.2
+"""Seconds between looks for a running ingest task (a task of the small demo months runs for about 2 s)."""
+FAULT_MONTH_ROWS = 150_000
+
+
 @dataclass
 class Prod:
     home: Home
@@ -175,7 +180,8 @@ def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prod]:
             AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="30",
             AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL="5",
         ) as bare:
-            home = Home(bare.config, bare.paths, scenario_of(3))
+            # Months large enough that an ingest task runs for seconds: the faults must land while it runs.
+            home = Home(bare.config, bare.paths, scenario_of(3, rows_per_month=FAULT_MONTH_ROWS))
             demo_data.write_landing(home.scenario, home.paths.landing / "loans")
             stack = Stack(home.paths)
             try:
@@ -197,8 +203,9 @@ def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prod]:
         shutil.rmtree(postgres.folder, ignore_errors=True)
 
 
-def _poll(what: Any, timeout: float) -> Any:
-    """Call ``what`` until it returns a truthy value; API errors while a service restarts are ridden out."""
+def _poll(what: Any, timeout: float, every: float = 1.0) -> Any:
+    """Call ``what`` every ``every`` seconds until it returns a truthy value; API errors while a service
+    restarts are ridden out."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -208,7 +215,7 @@ def _poll(what: Any, timeout: float) -> Any:
                 return found
         except Exception as exc:  # the api-server answers 500 while its database restarts
             last = exc
-        time.sleep(1)
+        time.sleep(every)
     raise TimeoutError(f"gave up after {timeout:.0f} s (last error: {last})")
 
 
@@ -237,7 +244,7 @@ def test_postgres_restart_while_a_task_runs(prod: Prod) -> None:
     alive = set(prod.stack.running())
     with case("fault", "PostgreSQL metadata DB restarted while loopline_ingest runs", prod.home):
         run_id = prod.client.trigger("loopline_ingest", {"batch": batch})
-        _poll(lambda: _ingest_task(prod, run_id).get("state") == "running", 300)
+        _poll(lambda: _ingest_task(prod, run_id).get("state") == "running", 300, every=RUNNING_POLL)
         prod.postgres.restart()
         run = _poll(lambda: _finished(prod, run_id), 300)
         assert not _dead(prod.stack, alive), f"services died with the database: {_dead(prod.stack, alive)}"
@@ -260,7 +267,9 @@ def test_celery_worker_killed_with_a_task_in_flight(prod: Prod) -> None:
     with case("fault", "Celery worker SIGKILLed with a task in flight", prod.home):
         run_id = prod.client.trigger("loopline_ingest", {"batch": batch})
         task = _poll(
-            lambda: (t := _ingest_task(prod, run_id)).get("state") == "running" and t.get("pid") and t, 300
+            lambda: (t := _ingest_task(prod, run_id)).get("state") == "running" and t.get("pid") and t,
+            300,
+            every=RUNNING_POLL,
         )
         owners = {
             name: {p.pid for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]}
