@@ -199,11 +199,11 @@ def evaluate_challenger(
     holdout = train.split_holdout(newest.iloc[0:0], newest, config).holdout
     y = holdout[config.dataset.target].astype(int).to_numpy()
     challenger = _version_ref(config, challenger_version)
-    challenger_scores = train.predict(_booster(challenger), holdout)
+    challenger_scores = train.predict(registry.load_booster(challenger), holdout)
     current = registry.champion(config)
     champion_scores = None
     if current is not None and current.version != challenger.version:
-        champion_scores = train.predict(_booster(current), holdout)
+        champion_scores = train.predict(registry.load_booster(current), holdout)
     spec = _feature_spec(config, holdout)
     slices = {column: holdout[column].to_numpy(dtype=object) for column in spec.categorical}
     decision = decide(
@@ -227,13 +227,6 @@ def evaluate_challenger(
             for r in decision.rules
         ],
     }
-
-
-def _booster(ref: Any) -> Any:
-    """The XGBoost booster inside a registered version (scored directly, without the pyfunc's overhead)."""
-    from ml import registry
-
-    return registry.load_model(ref).unwrap_python_model().booster
 
 
 def _feature_spec(config: LooplineConfig, frame: pd.DataFrame) -> Any:
