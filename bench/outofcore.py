@@ -35,6 +35,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=50, help="boosting rounds of the training step")
     parser.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "outofcore.json")
     parser.add_argument("--workdir", type=Path, help="where data and state go (default: a temporary folder)")
+    parser.add_argument(
+        "--steps",
+        nargs="+",
+        choices=STEPS,
+        default=list(STEPS),
+        help="steps to run (drift and score need a model: train runs too unless --workdir holds one)",
+    )
+    parser.add_argument(
+        "--modes", nargs="+", choices=("auto", "never"), default=["auto", "never"], help="out_of_core modes"
+    )
     return parser.parse_args(argv)
 
 
@@ -85,17 +95,38 @@ def prepare(workdir: Path, opts: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _data_settings(opts: argparse.Namespace) -> dict[str, Any]:
+    """What the generated data depends on (a ``--workdir`` prepared with the same settings is reused)."""
+    return {
+        "budget_mb": opts.budget_mb,
+        "factor": opts.factor,
+        "batch_rows": opts.batch_rows,
+        "rounds": opts.rounds,
+    }
+
+
+def _steps_to_run(steps: list[str], model: Path) -> list[str]:
+    """``steps`` in order, with ``train`` first when drift or score need a model that is not there yet."""
+    wanted = set(steps)
+    if wanted & {"drift", "score"} and not (model / "booster.ubj").exists():
+        wanted.add("train")
+    return [step for step in STEPS if step in wanted]
+
+
 def run(opts: argparse.Namespace) -> dict[str, Any]:
     """Prepare, then every step streaming and in memory, each in its own child; returns the results."""
     workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="loopline-ooc-"))
     started = time.perf_counter()
-    setup = prepare(workdir, opts)
+    prepared = workdir / "prepared.json"
+    reuse = prepared.exists() and json.loads(prepared.read_text())["settings"] == _data_settings(opts)
+    setup = json.loads(prepared.read_text())["data"] if reuse else prepare(workdir, opts)
+    prepared.write_text(json.dumps({"settings": _data_settings(opts), "data": setup}))
     env = procs.base_env(Path(setup["home"]), Path(setup["config"]))
     args = {"home": setup["home"], "config": setup["config"], "window": WINDOW, "batch": NEW_BATCH}
     model = str(workdir / "model")
     results: dict[str, Any] = {"settings": vars(opts) | {"workdir": str(workdir)}, "data": setup, "steps": {}}
-    for mode in ("auto", "never"):
-        for step in STEPS:
+    for mode in opts.modes:
+        for step in _steps_to_run(opts.steps, Path(f"{model}-{mode}")):
             child = procs.run_worker(
                 "out_of_core_step",
                 {**args, "step": step, "mode": mode, "model": f"{model}-{mode}"},
@@ -125,6 +156,8 @@ def table(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for step in STEPS:
+        if f"{step}/auto" not in results["steps"] or f"{step}/never" not in results["steps"]:
+            continue
         streamed, memory = results["steps"][f"{step}/auto"], results["steps"][f"{step}/never"]
         lines.append(
             f"| {step} | {'yes' if streamed['out_of_core'] else 'no'} | {streamed['seconds']:.1f} "
