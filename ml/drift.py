@@ -31,7 +31,8 @@ import pyarrow.compute as pc
 from scipy import stats
 
 from ml.config import DriftConfig
-from ml.features import FeatureSpec
+from ml.features import FeatureSpec, is_text_like
+from ml.quantiles import OrderStatistics, SortedColumn
 
 Severity = Literal["none", "info", "warning", "critical"]
 LEVELS: tuple[Severity, ...] = ("info", "warning", "critical")
@@ -59,9 +60,9 @@ def _as_float(values: pd.Series | np.ndarray) -> np.ndarray:
 
 
 def _sorted_quantiles(
-    ordered: np.ndarray, quantiles: np.ndarray, method: Literal["linear", "inverted_cdf"]
+    ordered: OrderStatistics, quantiles: np.ndarray, method: Literal["linear", "inverted_cdf"]
 ) -> np.ndarray:
-    """``np.quantile(ordered, quantiles, method=method)`` of values already sorted, by their indices.
+    """``np.quantile(values, quantiles, method=method)`` from the values' order statistics, by their ranks.
 
     Equal to numpy's result bit for bit, without its partition and copies of the whole column.
     """
@@ -70,17 +71,17 @@ def _sorted_quantiles(
         index = n * quantiles - 1
         previous = np.floor(index)
         chosen = np.where(index - previous > 0, previous + 1, previous)
-        return ordered[np.clip(chosen, 0, n - 1).astype(np.intp)]
+        return ordered.at(np.clip(chosen, 0, n - 1).astype(np.intp))
     virtual = (n - 1) * quantiles
     previous = np.floor(virtual)
-    low = ordered[previous.astype(np.intp)]
-    high = ordered[np.minimum(previous + 1, n - 1).astype(np.intp)]
+    low = ordered.at(previous.astype(np.intp))
+    high = ordered.at(np.minimum(previous + 1, n - 1).astype(np.intp))
     gamma = virtual - previous
     difference = high - low
     return np.where(gamma >= 0.5, high - difference * (1 - gamma), low + difference * gamma)
 
 
-def _numeric_edges(ordered: np.ndarray, bins: int) -> list[float]:
+def _numeric_edges(ordered: OrderStatistics, bins: int) -> list[float]:
     """Inner quantile bin edges of the present values, sorted (``np.quantile``'s linear method)."""
     if ordered.size == 0:
         return []
@@ -88,22 +89,19 @@ def _numeric_edges(ordered: np.ndarray, bins: int) -> list[float]:
     return [float(e) for e in edges]
 
 
-def _ks_grid(ordered: np.ndarray, points: int) -> tuple[list[float], list[float], bool]:
-    """Reference CDF P(X <= g) on a grid: every distinct value when there are few, else ``points`` quantiles.
-
-    ``ordered`` holds the present values, sorted.
-    """
+def _ks_grid(ordered: OrderStatistics, points: int) -> tuple[list[float], list[float], bool]:
+    """Reference CDF P(X <= g) on a grid: every distinct value when there are few, else ``points`` quantiles."""
     if ordered.size == 0:
         return [], [], True
-    distinct = ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])]
-    exact = distinct.size <= points
+    distinct = ordered.distinct(points)
+    exact = distinct is not None
     grid = (
         distinct
-        if exact
+        if distinct is not None
         else np.unique(_sorted_quantiles(ordered, np.arange(1, points + 1) / points, "inverted_cdf"))
     )
-    cdf = np.searchsorted(ordered, grid, side="right") / ordered.size
-    return [float(g) for g in grid], [round(float(c), 7) for c in cdf], bool(exact)
+    cdf = ordered.count_below(grid, "right") / ordered.size
+    return [float(g) for g in grid], [round(float(c), 7) for c in cdf], exact
 
 
 def category_key(value: Any) -> str:
@@ -113,31 +111,29 @@ def category_key(value: Any) -> str:
     return str(value)
 
 
-def numeric_profile(values: pd.Series | np.ndarray, bins: int) -> dict[str, Any]:
+def numeric_profile(values: pd.Series | np.ndarray | OrderStatistics, bins: int) -> dict[str, Any]:
     """One numeric column's reference entry (quantile edges and shares, KS grid and CDF), exact on ``values``.
 
-    It needs the whole column at once (quantiles are not mergeable exactly): the streaming path calls it one
-    column at a time, so memory is bounded by one column (8 bytes per row), never by the window.
+    ``values`` is the whole column, or its order statistics (``ml.quantiles``): the streaming path selects
+    them exactly over passes of record batches (``quantiles.StreamedColumns``) in memory bounded by its budget.
     """
-    values = _as_float(values)
-    present = values[np.isfinite(values)]
-    present.sort()  # a fresh array: sorted in place
-    edges = _numeric_edges(present, bins)
-    counts = np.diff(np.searchsorted(present, np.asarray(edges), side="left"), prepend=0, append=present.size)
-    total = max(int(present.size), 1)
-    grid, cdf, exact = _ks_grid(present, KS_POINTS)
+    ordered = values if isinstance(values, OrderStatistics) else SortedColumn.of(_as_float(values))
+    edges = _numeric_edges(ordered, bins)
+    counts = np.diff(ordered.count_below(np.asarray(edges), "left"), prepend=0, append=ordered.size)
+    total = max(ordered.size, 1)
+    grid, cdf, exact = _ks_grid(ordered, KS_POINTS)
     return {
         "kind": "numeric",
         "edges": edges,
         "shares": [float(c) / total for c in counts],
-        "missing_rate": float((values.size - present.size) / values.size) if values.size else 0.0,
-        "rows": int(values.size),
-        "count": int(present.size),
+        "missing_rate": float((ordered.rows - ordered.size) / ordered.rows) if ordered.rows else 0.0,
+        "rows": int(ordered.rows),
+        "count": int(ordered.size),
         "grid": grid,
         "cdf": cdf,
         "exact": exact,
-        "mean": float(present.mean()) if present.size else None,
-        "std": float(present.std()) if present.size else None,
+        "mean": ordered.mean,
+        "std": ordered.std,
     }
 
 
@@ -214,12 +210,45 @@ def assemble_profile(
     return profile
 
 
-def feature_profiles(frame: pd.DataFrame, spec: FeatureSpec, bins: int) -> dict[str, dict[str, Any]]:
-    """The per-column entries of ``build_profile`` for the features (they do not depend on the model)."""
-    columns: dict[str, Any] = {column: numeric_profile(frame[column], bins) for column in spec.numeric}
-    for column in spec.categorical:
-        columns[column] = categorical_profile(category_counts(frame[column]), len(frame))
+def feature_profiles(
+    frame: pd.DataFrame | pa.Table, spec: FeatureSpec, bins: int
+) -> dict[str, dict[str, Any]]:
+    """The per-column entries of ``build_profile`` for the features (they do not depend on the model).
+
+    ``frame`` may be an Arrow table (text categoricals plain or dictionary-encoded), read without a pandas copy
+    of its text: the same entries as from the same rows in a DataFrame, in the same order.
+    """
+    if isinstance(frame, pa.Table):
+        numeric = {
+            column: np.concatenate([np.zeros(0), *_float_chunks(frame[column])]) for column in spec.numeric
+        }
+        counts = {column: _arrow_category_counts(frame[column]) for column in spec.categorical}
+    else:
+        numeric = {column: frame[column] for column in spec.numeric}
+        counts = {column: category_counts(frame[column]) for column in spec.categorical}
+    columns: dict[str, Any] = {column: numeric_profile(values, bins) for column, values in numeric.items()}
+    for column, found in counts.items():
+        columns[column] = categorical_profile(found, len(frame))
     return columns
+
+
+def _arrow_category_counts(values: pa.ChunkedArray) -> dict[str, int]:
+    """``category_counts`` of an Arrow column, keys in its order (most rows first, ties by first occurrence).
+
+    Text and dictionary-encoded text are counted in Arrow chunk by chunk (each chunk may have its own
+    dictionary); other types go through pandas as ``category_counts`` does.
+    """
+    if not is_text_like(values.type):
+        return category_counts(values.to_pandas())
+    counts: dict[str, int] = {}
+    for chunk in values.chunks:
+        encoded = isinstance(chunk, pa.DictionaryArray)
+        counted = pc.value_counts(chunk.indices if encoded else chunk)
+        found = chunk.dictionary.take(counted.field("values")) if encoded else counted.field("values")
+        for value, count in zip(found.to_pylist(), counted.field("counts").to_pylist(), strict=True):
+            if value is not None:
+                counts[value] = counts.get(value, 0) + count
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
 def build_profile(

@@ -7,8 +7,10 @@ threshold and its verdict; the decision's ``reason`` is one line a reviewer can 
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -49,6 +51,53 @@ def roc_auc(y: np.ndarray, scores: np.ndarray) -> float:
     if not 0 < y.sum() < len(y):
         return float("nan")
     return _ranking_metrics(y, np.clip(np.asarray(scores, dtype=float), 1e-7, 1 - 1e-7))[0]
+
+
+AUC_BINS = 100_000
+"""Equal-width score bins of [0, 1] of the histogram AUC (width 1e-5; a multiple of 10, so decile bins align)."""
+
+
+def score_class_histogram(y: np.ndarray, scores: np.ndarray, bins: int = AUC_BINS) -> np.ndarray:
+    """Rows per (class, score bin): shape ``(2, bins)``, negatives first, scores on ``bins`` equal-width bins of
+    [0, 1] (values outside go to the end bins; non-finite scores are left out).
+
+    Fixed-size and mergeable: the histogram of disjoint chunks is the sum of theirs (``histogram_roc_auc``).
+    """
+    s = np.asarray(scores, dtype="float64")
+    labels = np.asarray(y).astype(np.intp, copy=False)
+    finite = np.isfinite(s)
+    if not finite.all():
+        s, labels = s[finite], labels[finite]
+    index = score_bins(s, bins)
+    index += labels * bins
+    return np.bincount(index, minlength=2 * bins).astype(np.int64, copy=False).reshape(2, bins)
+
+
+def score_bins(scores: np.ndarray, bins: int) -> np.ndarray:
+    """The bin of each finite score on ``bins`` equal-width bins of [0, 1] (values outside: the end bins)."""
+    index = np.multiply(scores, bins)
+    np.clip(index, 0, bins - 1, out=index)
+    return index.astype(np.intp)
+
+
+def histogram_roc_auc(histogram: np.ndarray) -> tuple[float, float]:
+    """ROC AUC of a ``score_class_histogram`` and its largest possible error against the per-row AUC.
+
+    Rows in one bin count as ties (half a concordant pair each): exact between bins, off by at most half the
+    (positive, negative) pairs inside a bin, the bound ``sum(pos_b * neg_b) / (2 * P * N)`` returned (it
+    cannot tell ties, which are exact, from distinct values sharing a bin). For ``AUC_BINS`` (width w = 1e-5)
+    it is about ``w / 2`` times the overlap of the classes' score densities: 6e-6 on the benchmark's 2.5M
+    scores, whose actual error was 1.5e-9 (the order inside a bin is nearly random, errors cancel). Tested
+    against the per-row AUC at 1e-4. NaN (both) when one class is empty.
+    """
+    negatives, positives = np.asarray(histogram, dtype="float64")
+    pairs = positives.sum() * negatives.sum()
+    if pairs == 0:
+        return float("nan"), float("nan")
+    below = np.cumsum(negatives) - negatives
+    within = float(np.dot(positives, negatives))
+    concordant = float(np.dot(positives, below)) + within / 2
+    return float(concordant / pairs), float(within / (2 * pairs))
 
 
 def _ranking_metrics(y: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
@@ -136,14 +185,28 @@ def slice_metrics(
     return found
 
 
+Comparison = Literal[">=", ">", "<="]
+_COMPARE: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, ">": operator.gt, "<=": operator.le}
+
+
 @dataclass(frozen=True)
 class Rule:
-    """One rule of the promotion gate."""
+    """One rule of the promotion gate: it passes when ``value <comparison> threshold`` (never on NaN)."""
 
     name: str
     value: float | None
     threshold: float
     passed: bool
+    comparison: Comparison = ">="
+
+    @classmethod
+    def check(cls, name: str, value: float, comparison: Comparison, threshold: float) -> Rule:
+        """The rule with its verdict computed."""
+        return cls(name, value, threshold, bool(_COMPARE[comparison](value, threshold)), comparison)
+
+    def describe(self) -> str:
+        """Value against threshold, e.g. ``0.0123 (>= 0)``."""
+        return f"{_fmt(self.value)} ({self.comparison} {self.threshold:g})"
 
 
 @dataclass
@@ -184,18 +247,14 @@ def decide(
         gate.slice_min_rows,
     )
     rules = [
-        Rule(
-            "min_roc_auc", challenger["roc_auc"], gate.min_roc_auc, challenger["roc_auc"] >= gate.min_roc_auc
-        ),
-        Rule("min_pr_auc", challenger["pr_auc"], gate.min_pr_auc, challenger["pr_auc"] >= gate.min_pr_auc),
+        Rule.check("min_roc_auc", challenger["roc_auc"], ">=", gate.min_roc_auc),
+        Rule.check("min_pr_auc", challenger["pr_auc"], ">=", gate.min_pr_auc),
     ]
     champion = None
     if champion_scores is not None:
         champion = classification_metrics(y, champion_scores, gate.decision_threshold)
         improvement = challenger["roc_auc"] - champion["roc_auc"]
-        rules.append(
-            Rule("min_improvement", improvement, gate.min_improvement, improvement >= gate.min_improvement)
-        )
+        rules.append(Rule.check("min_improvement", improvement, ">=", gate.min_improvement))
         if gate.bootstrap_rounds:
             _, low, _ = paired_bootstrap_auc_difference(
                 np.asarray(y),
@@ -203,28 +262,17 @@ def decide(
                 np.asarray(champion_scores),
                 gate.bootstrap_rounds,
             )
-            rules.append(
-                Rule(
-                    "bootstrap_auc_diff_p05",
-                    low,
-                    gate.bootstrap_lower_bound,
-                    low > gate.bootstrap_lower_bound,
-                )
-            )
+            rules.append(Rule.check("bootstrap_auc_diff_p05", low, ">", gate.bootstrap_lower_bound))
         drops = [
             m.champion_roc_auc - m.challenger_roc_auc for m in per_slice if m.champion_roc_auc is not None
         ]
         if drops:
             worst = max(drops)
-            rules.append(
-                Rule("max_slice_auc_drop", worst, gate.slice_tolerance, worst <= gate.slice_tolerance)
-            )
+            rules.append(Rule.check("max_slice_auc_drop", worst, "<=", gate.slice_tolerance))
     failed = [rule for rule in rules if not rule.passed]
     if failed:
         reason = "rejected: " + "; ".join(
-            f"{rule.name} {_fmt(rule.value)} {'above' if rule.name == 'max_slice_auc_drop' else 'below'} "
-            f"{rule.threshold:g}"
-            for rule in failed
+            f"{rule.name} {_fmt(rule.value)} (needs {rule.comparison} {rule.threshold:g})" for rule in failed
         )
     elif champion is None:
         reason = f"promoted: first model, roc_auc {challenger['roc_auc']:.4f} meets the minimums"

@@ -2,8 +2,9 @@
 
 Numeric features become float64; categorical features become pandas categoricals over a vocabulary fixed at
 training time (stored inside the model), so codes mean the same thing at training and at scoring, and an
-unseen category scores as missing instead of shifting the codes of the others. ``model_batches`` makes the same
-input from an Arrow table (dictionary arrays over the vocabulary), without a pandas copy.
+unseen category scores as missing instead of shifting the codes of the others. ``model_batches`` (and
+``model_table``) make the same input from an Arrow table (dictionary arrays over the vocabulary), without a pandas
+copy; ``fit_vocabulary`` and ``labels`` read an Arrow table as well.
 """
 
 from __future__ import annotations
@@ -63,11 +64,26 @@ def resolve_features(config: LooplineConfig, columns: pd.Index | list[str], dtyp
     return FeatureSpec(tuple(numeric), tuple(categorical))
 
 
-def fit_vocabulary(frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, list[str]]:
-    """The sorted categories seen in training, per categorical feature."""
-    return {
-        column: sorted(frame[column].dropna().astype(str).unique().tolist()) for column in spec.categorical
-    }
+def fit_vocabulary(frame: pd.DataFrame | pa.Table, spec: FeatureSpec) -> dict[str, list[str]]:
+    """The sorted categories seen in training, per categorical feature, as text.
+
+    An Arrow table's text (or dictionary-encoded text) columns are read from their distinct values in Arrow; only
+    values present in the rows count (a dictionary may hold more).
+    """
+    return {column: _categories(frame[column]) for column in spec.categorical}
+
+
+def _categories(values: pd.Series | pa.ChunkedArray) -> list[str]:
+    """The sorted distinct non-missing values of one column, as text."""
+    if isinstance(values, pa.ChunkedArray):
+        if not is_text_like(values.type):
+            values = values.to_pandas()
+        else:
+            distinct = pc.unique(values)
+            if isinstance(distinct, pa.DictionaryArray):
+                distinct = distinct.dictionary.take(distinct.indices)
+            return sorted({value for value in distinct.to_pylist() if value is not None})
+    return sorted(values.dropna().astype(str).unique().tolist())
 
 
 def _numeric(values: pd.Series) -> pd.Series:
@@ -98,6 +114,25 @@ def model_frame(frame: pd.DataFrame, spec: FeatureSpec, vocabulary: dict[str, li
     return pd.DataFrame(out, index=frame.index)
 
 
+def model_table(table: pa.Table, spec: FeatureSpec, vocabulary: dict[str, list[str]]) -> pa.Table:
+    """``model_batches`` as one table, a chunk per record batch (the batches are not copied together)."""
+    return pa.Table.from_batches(
+        [part for encoded in model_batches(table, spec, vocabulary) for part in encoded.to_batches()],
+        schema=_model_schema(spec),
+    )
+
+
+def _model_schema(spec: FeatureSpec) -> pa.Schema:
+    """The schema of ``model_batches``' tables: float64 numerics, categoricals as int32 codes into text."""
+    categorical = pa.dictionary(pa.int32(), pa.string())
+    return pa.schema(
+        [
+            *(pa.field(c, pa.float64()) for c in spec.numeric),
+            *(pa.field(c, categorical) for c in spec.categorical),
+        ]
+    )
+
+
 def model_batches(table: pa.Table, spec: FeatureSpec, vocabulary: dict[str, list[str]]) -> Iterator[pa.Table]:
     """``model_frame`` of an Arrow table, one table per record batch of it (no pandas copy, no concatenation).
 
@@ -121,6 +156,11 @@ def _is_text(kind: pa.DataType) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
+def is_text_like(kind: pa.DataType) -> bool:
+    """Text, or dictionary-encoded text."""
+    return _is_text(kind.value_type if pa.types.is_dictionary(kind) else kind)
+
+
 def _arrow_numeric(values: pa.Array) -> pa.Array:
     """One numeric feature column of a record batch as float64 (``_numeric``'s values)."""
     kind = values.type
@@ -134,7 +174,7 @@ def _arrow_numeric(values: pa.Array) -> pa.Array:
 def _arrow_categorical(values: pa.Array, categories: list[str], dictionary: pa.Array) -> pa.DictionaryArray:
     """One categorical feature column of a record batch as codes into ``dictionary`` (the vocabulary)."""
     kind = values.type
-    if _is_text(kind) or (pa.types.is_dictionary(kind) and _is_text(kind.value_type)):
+    if is_text_like(kind):
         encoded = values if pa.types.is_dictionary(kind) else values.dictionary_encode()
         lookup = pd.Index(categories, dtype=object).get_indexer(encoded.dictionary.to_pylist())
         indices = pc.take(pa.array(lookup, pa.int32(), mask=lookup < 0), encoded.indices)
@@ -144,6 +184,7 @@ def _arrow_categorical(values: pa.Array, categories: list[str], dictionary: pa.A
     return pa.DictionaryArray.from_arrays(indices, dictionary)
 
 
-def labels(frame: pd.DataFrame, target: str) -> pd.Series:
+def labels(frame: pd.DataFrame | pa.Table, target: str) -> pd.Series:
     """The 0/1 label column (ingest has already mapped the positive class to 1)."""
-    return frame[target].astype("int64")
+    values = frame[target]
+    return (values.to_pandas() if isinstance(values, pa.ChunkedArray) else values).astype("int64")

@@ -8,12 +8,14 @@ from GE's native ``severity`` or ``meta.severity``. A failed batch goes to
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -426,6 +428,38 @@ def drop(folder: Path, log_file: Path) -> None:
     shutil.rmtree(folder)
 
 
+_SUGGESTED_TYPES = {
+    "numeric": [
+        *("int", "int8", "int16", "int32", "int64", "Int8Dtype", "Int16Dtype", "Int32Dtype", "Int64Dtype"),
+        *("float", "float32", "float64", "Float32Dtype", "Float64Dtype"),
+        *("ByteType", "ShortType", "IntegerType", "LongType", "FloatType", "DoubleType"),
+    ],
+    "datetime": [
+        *("datetime64[s]", "datetime64[ms]", "datetime64[us]", "datetime64[ns]"),
+        *("TimestampType", "TimestampNTZType"),
+    ],
+    "bool": ["bool", "BooleanDtype", "BooleanType"],
+}
+"""Type names ``expect_column_values_to_be_in_type_list`` accepts per kind of column: pandas/numpy dtypes (and
+Python types, for object columns) and the Spark types of the same data, so one suite serves both engines."""
+
+
+def _suggested_types(values: pd.Series) -> list[str] | None:
+    """The type list a column of ``values``' kind must keep; None for text columns.
+
+    Great Expectations 1.24 matches no type name against pandas 3's ``str`` dtype (it compares the dtype with
+    ``StringDtype()``, whose missing value differs), so a type expectation on a text column always fails.
+    """
+    dtype = values.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return _SUGGESTED_TYPES["bool"]
+    if pd.api.types.is_numeric_dtype(dtype):
+        return _SUGGESTED_TYPES["numeric"]
+    if pd.api.types.is_datetime64_dtype(dtype):
+        return _SUGGESTED_TYPES["datetime"]
+    return None
+
+
 def suggest_suite(
     frame: pd.DataFrame,
     *,
@@ -437,11 +471,15 @@ def suggest_suite(
     categorical: list[str],
     batch_rows: list[int],
     margin: float = 0.1,
+    window_batches: int | None = None,
 ) -> dict[str, Any]:
     """A Great Expectations suite profiled from a reference window (in the spirit of TFX SchemaGen).
 
-    Structure (columns, id uniqueness, target classes, nulls where none were seen) and ranges widened by
-    ``margin`` are critical; categories and null-rate drift are warnings. A human reviews it afterwards.
+    Structure (columns, their kind of type (number, time, boolean), id uniqueness, target classes, nulls where
+    none were seen) and ranges widened by ``margin`` are critical; categories and null-rate drift are warnings.
+    A human reviews it afterwards. The same suite gates one batch at ingest and a whole training window of
+    ``window_batches`` batches (default: as many as ``batch_rows``), so the row count may range from half the
+    smallest batch to twice the largest batch times ``window_batches``.
     """
     expectations: list[dict[str, Any]] = []
 
@@ -451,9 +489,23 @@ def suggest_suite(
         )
 
     low, high = min(batch_rows), max(batch_rows)
-    add("expect_table_row_count_to_be_between", "critical", min_value=int(low * 0.5), max_value=int(high * 2))
+    largest_window = high * max(window_batches or len(batch_rows), 1)
+    add(
+        "expect_table_row_count_to_be_between",
+        "critical",
+        min_value=int(low * 0.5),
+        max_value=int(largest_window * 2),
+    )
     for column in [id_column, *([time_column] if time_column else []), *numeric, *categorical, target]:
         add("expect_column_to_exist", "critical", column=column)
+        type_list = _suggested_types(frame[column])
+        if type_list is not None:
+            add(
+                "expect_column_values_to_be_in_type_list",
+                "critical",
+                column=column,
+                type_list=list(type_list),
+            )
     add("expect_column_values_to_be_unique", "critical", column=id_column)
     add("expect_column_values_to_not_be_null", "critical", column=id_column)
     if time_column:
@@ -522,6 +574,129 @@ STREAMABLE = frozenset(
 )
 """Expectation types the streaming gate evaluates itself, with Great Expectations' semantics."""
 
+ChunkReader = Callable[[Sequence[str] | None], Iterable[pd.DataFrame]]
+"""Reads a window afresh on every call: its rows in the same order each time, as pandas record batches of only
+the named columns (``None``: all of them; a named column a part of the window lacks comes as missing values)."""
+
+EXAMPLES = 5
+"""Unexpected values a failed expectation lists (``RESULT_FORMAT``'s ``partial_unexpected_count``)."""
+_BUCKET_BITS = 6
+_ENTRY = np.dtype([("hash", "<u8"), ("count", "<i8")])
+_SUSPECT_BYTES = 512
+"""Memory one suspect hash costs while its values are compared: its count and its first values' positions."""
+
+
+def _hash64(values: pd.Series) -> np.ndarray:
+    """64-bit hashes of ``values``: equal values get equal hashes (numbers as float64, so 3 and 3.0 match, and
+    -0.0 as 0.0), whatever the dtype of the record batch they came in."""
+    if values.dtype.kind in "iufb":
+        values = values.astype("float64") + 0.0
+    return pd.util.hash_pandas_object(values, index=False).to_numpy()
+
+
+def _spread(entries: np.ndarray, folder: Path, level: int) -> None:
+    """Append ``(hash, count)`` entries to ``folder``'s bucket files, the bucket picked by the hash's bits of
+    ``level`` (the lowest bits at level 0, the next ones at level 1, ...)."""
+    shift, mask = np.uint64(_BUCKET_BITS * level), np.uint64((1 << _BUCKET_BITS) - 1)
+    buckets = ((entries["hash"] >> shift) & mask).astype(np.intp)
+    order = np.argsort(buckets, kind="stable")
+    edges = np.searchsorted(buckets[order], np.arange((1 << _BUCKET_BITS) + 1))
+    for bucket in np.flatnonzero(np.diff(edges)):
+        with (folder / f"{bucket:02d}.bin").open("ab") as handle:
+            entries[order[edges[bucket] : edges[bucket + 1]]].tofile(handle)
+
+
+class _RepeatFinder:
+    """The repeated values of one column over record batches, exactly, in memory bounded by ``limit`` bytes.
+
+    ``add`` hashes each record batch's values to 64 bits, counts them per hash and appends the ``(hash, count)``
+    pairs to one of 64 bucket files on disk by the hash's lowest bits: memory holds one record batch. ``result``
+    sums each bucket's counts (a bucket file larger than the limit is first split by the next bits of the hash):
+    a hash counted twice is a suspect. Without suspects every value is unique (equal values hash alike).
+    Otherwise the column is read again, as many suspects per pass as the limit holds, and the values whose hash
+    is a suspect are counted by value: a repeat is always two equal values, never a hash collision.
+    """
+
+    def __init__(self, folder: Path, limit: int) -> None:
+        self.folder = folder
+        self.limit = limit
+        folder.mkdir(parents=True)
+
+    def add(self, values: pd.Series) -> None:
+        """Count one record batch's present values."""
+        hashes, counts = np.unique(_hash64(values), return_counts=True)
+        entries = np.empty(hashes.size, dtype=_ENTRY)
+        entries["hash"], entries["count"] = hashes, counts
+        _spread(entries, self.folder, 0)
+
+    def result(self, reread: Callable[[], Iterable[pd.Series]]) -> tuple[int, list[Any]]:
+        """How many values belong to a repeated value, and the first ``EXAMPLES`` of them in row order.
+
+        ``reread`` gives the present values of the column again, in the order ``add`` saw them.
+        """
+        suspects = self.folder / "suspects.bin"
+        with suspects.open("wb") as handle:
+            for bucket in sorted(self.folder.glob("*.bin")):
+                if bucket != suspects:
+                    for found in self._suspects(bucket, 0):
+                        found.tofile(handle)
+        per_pass = max(1024, self.limit // _SUSPECT_BYTES)
+        unexpected, examples = 0, []
+        for start in range(0, suspects.stat().st_size // 8, per_pass):
+            chosen = np.fromfile(suspects, dtype="<u8", count=per_pass, offset=8 * start)
+            repeated, earliest = _repeats(reread(), np.sort(chosen))
+            unexpected += repeated
+            examples = sorted([*examples, *earliest])[:EXAMPLES]
+        return unexpected, [_plain(value) for _, value in examples]
+
+    def _suspects(self, bucket: Path, level: int) -> Iterator[np.ndarray]:
+        """The hashes counted more than once in a bucket file, split by the next hash bits while too large."""
+        if bucket.stat().st_size > self.limit and _BUCKET_BITS * (level + 1) < 64:
+            folder = bucket.with_suffix("")
+            folder.mkdir()
+            piece = max(1, self.limit // _ENTRY.itemsize)
+            for start in range(0, bucket.stat().st_size // _ENTRY.itemsize, piece):
+                part = np.fromfile(bucket, dtype=_ENTRY, count=piece, offset=start * _ENTRY.itemsize)
+                _spread(part, folder, level + 1)
+            bucket.unlink()
+            for child in sorted(folder.iterdir()):
+                yield from self._suspects(child, level + 1)
+            return
+        entries = np.fromfile(bucket, dtype=_ENTRY)
+        order = np.argsort(entries["hash"])
+        hashes, counts = entries["hash"][order], entries["count"][order]
+        starts = np.flatnonzero(np.r_[True, hashes[1:] != hashes[:-1]])
+        yield hashes[starts[np.add.reduceat(counts, starts) > 1]]
+
+
+def _repeats(batches: Iterable[pd.Series], suspects: np.ndarray) -> tuple[int, list[tuple[int, Any]]]:
+    """Among the values whose hash is in the sorted, non-empty ``suspects``: how many belong to a value seen more
+    than once, and the first ``EXAMPLES`` of those as (position in the stream of values, value).
+
+    Counts go by value, so different values that share a hash stay apart. Each value keeps the positions of
+    its first ``EXAMPLES`` occurrences only: memory follows the number of suspects, not of rows.
+    """
+    counts = pd.Series(dtype="int64")
+    earliest: pd.DataFrame | None = None
+    position = 0
+    for values in batches:
+        hashes = _hash64(values)
+        picked = np.flatnonzero(
+            suspects[np.searchsorted(suspects, hashes).clip(max=suspects.size - 1)] == hashes
+        )
+        if picked.size:
+            chosen = values.iloc[picked]
+            counts = counts.add(chosen.value_counts(), fill_value=0)
+            found = pd.DataFrame({"position": position + picked, "value": chosen.to_numpy()})
+            both = found if earliest is None else pd.concat([earliest, found], ignore_index=True)
+            earliest = both.groupby("value", sort=False).head(EXAMPLES)
+        position += len(values)
+    repeated = counts[counts > 1]
+    if earliest is None or repeated.empty:
+        return 0, []
+    first = earliest[earliest["value"].isin(repeated.index)].nsmallest(EXAMPLES, "position")
+    return int(repeated.sum()), list(zip(first["position"].tolist(), first["value"], strict=True))
+
 
 @dataclass
 class _Check:
@@ -534,7 +709,7 @@ class _Check:
     unexpected: int = 0
     examples: list[Any] = field(default_factory=list)
     total: float = 0.0
-    values: list[pd.Series] = field(default_factory=list)
+    repeats: _RepeatFinder | None = None
 
     @property
     def column(self) -> str | None:
@@ -557,8 +732,8 @@ class _Check:
             self._unexpected(values, ~self._within(values.to_numpy(dtype="float64")))
         elif kind == "expect_column_values_to_be_in_set":
             self._unexpected(values, ~values.isin(self.kwargs["value_set"]).to_numpy())
-        elif kind == "expect_column_values_to_be_unique":
-            self.values.append(values)
+        elif kind == "expect_column_values_to_be_unique" and self.repeats is not None:
+            self.repeats.add(values)
         elif kind == "expect_column_mean_to_be_between":
             self.total += float(values.to_numpy(dtype="float64").sum())
 
@@ -573,10 +748,23 @@ class _Check:
 
     def _unexpected(self, values: pd.Series, bad: np.ndarray, keep_missing: bool = False) -> None:
         count = int(np.count_nonzero(bad))
-        if count and len(self.examples) < 5:
-            picked = values[bad].head(5 - len(self.examples))
+        if count and len(self.examples) < EXAMPLES:
+            picked = values[bad].head(EXAMPLES - len(self.examples))
             self.examples += [None] * len(picked) if keep_missing else [_plain(v) for v in picked]
         self.unexpected += count
+
+    def settle(self, read: ChunkReader) -> None:
+        """Finish what needs the column read again after every batch was counted: the repeated values."""
+        if self.repeats is None or self.column is None:
+            return
+        column = self.column
+
+        def present_values() -> Iterator[pd.Series]:
+            for chunk in read([column]):
+                series = chunk[column]
+                yield series[series.notna().to_numpy()]
+
+        self.unexpected, self.examples = self.repeats.result(present_values)
 
     def outcome(self, columns: set[str], rows: int) -> FailedExpectation | None:
         """The failure this expectation reports over all the batches counted, or None when it held."""
@@ -591,15 +779,10 @@ class _Check:
             mean = self.total / self.elements if self.elements else None
             held = mean is not None and self._in_range(mean)
             return None if held else self._failure(None, [f"observed {mean}"])
-        if kind == "expect_column_values_to_be_unique" and self.values:
-            joined = pd.concat(self.values, ignore_index=True)
-            repeated = joined.duplicated(keep=False).to_numpy()
-            self.examples, self.unexpected = [], 0
-            self._unexpected(joined, repeated)
         share = (self.elements - self.unexpected) / self.elements if self.elements else 1.0
         if share >= (1.0 if kw.get("mostly") is None else kw["mostly"]):
             return None
-        return self._failure(100 * self.unexpected / self.elements, self.examples)
+        return self._failure(self.unexpected / self.elements * 100, self.examples)  # GE computes it so
 
     def _in_range(self, value: float) -> bool:
         return bool(self._within(np.array([value], dtype="float64"))[0])
@@ -608,21 +791,58 @@ class _Check:
         return FailedExpectation(self.kind, self.column, self.severity, percent, examples)
 
 
+def _first_batch_and_others(
+    read: ChunkReader,
+    document: dict[str, Any],
+    others: list[dict[str, Any]],
+    suite_path: Path,
+    docs_dir: Path | None,
+    run_name: str | None,
+) -> tuple[GateResult, list[FailedExpectation], int | None]:
+    """GE's result of the whole suite on the first record batch (Data Docs, raw result), the failures of the
+    expectations the stream cannot count (GE on every record batch, first failure of each kept) and, when those
+    needed a pass over every row, the number of rows."""
+    chunks = iter(read(None))
+    try:
+        sample = next(chunks, None)
+        if sample is None:
+            raise ValueError("the window has no rows to validate")
+        first = _validate_document(sample, document, suite_path, docs_dir, run_name)
+        if not others:
+            return first, [], None
+        failures: dict[tuple[str, str | None], FailedExpectation] = {}
+        rows, partial = 0, {**document, "expectations": others}
+        for chunk in itertools.chain([sample], chunks):
+            rows += len(chunk)
+            result = _validate_document(chunk, partial, suite_path)
+            for failure in [*result.critical, *result.warnings]:
+                failures.setdefault((failure.expectation, failure.column), failure)
+        return first, list(failures.values()), rows
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
 def validate_stream(
-    chunks: Iterable[pd.DataFrame],
+    read: ChunkReader,
     columns: list[str],
     suite_path: Path,
     docs_dir: Path | None = None,
     run_name: str | None = None,
+    budget_bytes: int = 64 * 2**20,
 ) -> GateResult:
-    """The gate over record batches of a window too large for memory, with a whole-window run's verdicts.
+    """The gate over a window too large for memory, in record batches, with a whole-window run's verdicts.
 
     Every expectation of a type in ``STREAMABLE`` is counted batch by batch with GE's semantics (missing values
     ignored except by not-null, ``mostly``, every copy of a repeated value unexpected, the mean of the present
-    values) and judged once on the merged counts, so the failures equal ``validate`` on the whole window;
-    uniqueness holds one column at a time in memory. ``columns`` are the window's columns (its schema).
-    Great Expectations itself validates the first record batch, for the Data Docs and the raw result. Other
-    expectation types are validated by GE on each record batch and fail the gate when they fail on any.
+    values) and judged once on the merged counts, so the failures equal ``validate`` on the whole window.
+    ``read`` (a ``ChunkReader``) is called once per column the suite checks, reading that column alone, so
+    memory holds one record batch of one column; uniqueness spills hashes to a temporary folder and holds at
+    most an eighth of ``budget_bytes`` (``_RepeatFinder``). ``columns`` are the window's columns (its schema).
+    Great Expectations itself validates the first record batch of all columns, for the Data Docs and the raw
+    result. Other expectation types are validated by GE on each record batch and fail the gate when they fail
+    on any.
     """
     document = load_suite(suite_path)
     checks = [
@@ -631,25 +851,28 @@ def validate_stream(
         if item["type"] in STREAMABLE
     ]
     others = [item for item in document["expectations"] if item["type"] not in STREAMABLE]
-    rows, sample, extra = 0, None, []
-    for chunk in chunks:
-        sample = chunk if sample is None else sample
-        rows += len(chunk)
+    first, extra, rows = _first_batch_and_others(read, document, others, suite_path, docs_dir, run_name)
+    by_column: dict[str, list[_Check]] = {}
+    for check in checks:
+        if check.column in columns and check.kind != "expect_column_to_exist":
+            by_column.setdefault(check.column, []).append(check)
+    with tempfile.TemporaryDirectory(prefix="loopline-gate-") as spill:
+        for position, check in enumerate(checks):
+            if check.kind == "expect_column_values_to_be_unique" and check.column in by_column:
+                check.repeats = _RepeatFinder(Path(spill) / str(position), budget_bytes // 8)
+        for column, group in list(by_column.items()) or [(column, []) for column in columns[:1]]:
+            counted = 0
+            for chunk in read([column]):
+                counted += len(chunk)
+                for check in group:
+                    check.add(chunk)
+            rows = counted if rows is None else rows
         for check in checks:
-            check.add(chunk)
-        if others:
-            extra.append(_validate_document(chunk, {**document, "expectations": others}, suite_path))
-    if sample is None:
-        raise ValueError("the window has no rows to validate")
-    first = _validate_document(sample, document, suite_path, docs_dir, run_name)
+            check.settle(read)
     gate = GateResult(suite=first.suite, evaluated=len(document["expectations"]), data_docs=first.data_docs)
-    found = [failure for check in checks if (failure := check.outcome(set(columns), rows)) is not None]
+    found = [failure for check in checks if (failure := check.outcome(set(columns), rows or 0)) is not None]
     seen = {(f.expectation, f.column) for f in found}
-    for result in extra:
-        for failure in [*result.critical, *result.warnings]:
-            if (failure.expectation, failure.column) not in seen:
-                seen.add((failure.expectation, failure.column))
-                found.append(failure)
+    found += [failure for failure in extra if (failure.expectation, failure.column) not in seen]
     for failure in found:
         (gate.critical if failure.severity == "critical" else gate.warnings).append(failure)
     gate.raw = {

@@ -1,7 +1,9 @@
 """Training: the window's rows -> an XGBoost booster that carries its own feature spec and vocabulary.
 
-Pure functions over DataFrames. The booster stores the feature spec and the categorical vocabulary as
-attributes, so whoever loads it (batch scoring, the live endpoint, the monitor) encodes input the same way.
+Pure functions over DataFrames or Arrow tables (the in-memory train step reads the window as Arrow, its
+categoricals dictionary-encoded, and makes no pandas frame of it). The booster stores the feature spec and the
+categorical vocabulary as attributes, so whoever loads it (batch scoring, the live endpoint, the monitor) encodes
+input the same way.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -18,10 +20,14 @@ import pyarrow as pa
 import xgboost as xgb
 
 from ml.config import LooplineConfig, TrainingConfig
-from ml.features import FeatureSpec, fit_vocabulary, labels, model_batches, model_frame
+from ml.features import FeatureSpec, fit_vocabulary, labels, model_batches, model_frame, model_table
 
 SPEC_ATTR = "loopline_feature_spec"
 VOCAB_ATTR = "loopline_vocabulary"
+
+
+Rows = TypeVar("Rows", pd.DataFrame, pa.Table)
+"""A window's rows: a pandas DataFrame or an Arrow table."""
 
 
 class TrainingDataError(ValueError):
@@ -29,11 +35,11 @@ class TrainingDataError(ValueError):
 
 
 @dataclass(frozen=True)
-class Split:
+class Split(Generic[Rows]):
     """Training rows and the holdout (the newest rows of the newest batch, never trained on)."""
 
-    train: pd.DataFrame
-    holdout: pd.DataFrame
+    train: Rows
+    holdout: Rows
 
 
 def hyperparameters(training: TrainingConfig, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -57,17 +63,25 @@ def split_holdout(older: pd.DataFrame, newest: pd.DataFrame, config: LooplineCon
     return Split(train, _rows(newest, holdout_rows).reset_index(drop=True))
 
 
-def split_window(window: pd.DataFrame, newest_rows: int, config: LooplineConfig) -> Split:
-    """``split_holdout`` of a window read as one frame whose last ``newest_rows`` rows are the newest batch.
+def split_window(window: Rows, newest_rows: int, config: LooplineConfig) -> Split[Rows]:
+    """``split_holdout`` of a window read as one frame (or Arrow table) whose last ``newest_rows`` rows are the
+    newest batch.
 
-    The same rows in the same order; the training rows are a slice of ``window`` (no copy) when every row is
-    labelled and the newest batch is in event-time order, as batches usually are.
+    The same rows in the same order, of the window's type; the training rows are a slice of ``window`` (no
+    copy) when every row is labelled and the newest batch is in event-time order, as batches usually are. Of
+    an Arrow table only the target and time columns are converted to pandas, to choose the rows.
     """
+    dataset = config.dataset
+    keys = window
+    if isinstance(window, pa.Table):
+        keys = window.select(
+            [dataset.target, *([dataset.time_column] if dataset.time_column else [])]
+        ).to_pandas()
     start = len(window) - newest_rows
-    older = np.flatnonzero(window[config.dataset.target].iloc[:start].notna().to_numpy())
-    train_rows, holdout_rows = _newest_split(window.iloc[start:], config)
-    train = _rows(window, np.concatenate([older, start + train_rows])).reset_index(drop=True)
-    return Split(train, _rows(window, start + holdout_rows).reset_index(drop=True))
+    older = np.flatnonzero(keys[dataset.target].iloc[:start].notna().to_numpy())
+    train_rows, holdout_rows = _newest_split(keys.iloc[start:], config)
+    train = _rows(window, np.concatenate([older, start + train_rows]))
+    return Split(_renumbered(train), _renumbered(_rows(window, start + holdout_rows)))
 
 
 def _newest_split(newest: pd.DataFrame, config: LooplineConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -82,11 +96,17 @@ def _newest_split(newest: pd.DataFrame, config: LooplineConfig) -> tuple[np.ndar
     return order[:cut], order[cut:]
 
 
-def _rows(frame: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
+def _rows(frame: Rows, positions: np.ndarray) -> Rows:
     """``frame.take(positions)``, a slice (no copy) when the positions are a contiguous ascending run."""
-    if positions.size and bool(np.all(np.diff(positions) == 1)):
-        return frame.iloc[positions[0] : positions[-1] + 1]
-    return frame.take(positions)
+    contiguous = positions.size and bool(np.all(np.diff(positions) == 1))
+    if isinstance(frame, pa.Table):
+        return frame.slice(positions[0], positions.size) if contiguous else frame.take(positions)
+    return frame.iloc[positions[0] : positions[-1] + 1] if contiguous else frame.take(positions)
+
+
+def _renumbered(rows: Rows) -> Rows:
+    """A frame's rows with a fresh 0..n-1 index; an Arrow table as it is (it has no index)."""
+    return rows.reset_index(drop=True) if isinstance(rows, pd.DataFrame) else rows
 
 
 def check_labels(rows: int, positives: int) -> None:
@@ -126,6 +146,31 @@ def _finish(booster: xgb.Booster, spec: FeatureSpec, vocabulary: dict[str, list[
 
 
 @dataclass(frozen=True)
+class TrainingInput:
+    """XGBoost's input for labelled training rows: the encoded features, the 0/1 labels, the vocabulary."""
+
+    features: pd.DataFrame | pa.Table
+    """``model_frame`` of a DataFrame, or ``model_table`` of an Arrow table with every column in one chunk."""
+    labels: np.ndarray
+    vocabulary: dict[str, list[str]]
+
+
+def training_input(rows: pd.DataFrame | pa.Table, spec: FeatureSpec, target: str) -> TrainingInput:
+    """The labels, vocabulary and encoded features of labelled training rows; refuses rows that make no model.
+
+    An Arrow table (categoricals as text or dictionary-encoded text) is encoded in Arrow, each column combined
+    into one chunk as XGBoost reads it: a column it copies keeps no reference to ``rows``, so a caller may
+    release the rows before boosting.
+    """
+    y = labels(rows, target).to_numpy()
+    check_labels(len(y), int(y.sum()))
+    vocabulary = fit_vocabulary(rows, spec)
+    if isinstance(rows, pa.Table):
+        return TrainingInput(model_table(rows, spec, vocabulary).combine_chunks(), y, vocabulary)
+    return TrainingInput(model_frame(rows, spec, vocabulary), y, vocabulary)
+
+
+@dataclass(frozen=True)
 class Fitted:
     """A trained booster and its probabilities on its own training rows (in row order, float64)."""
 
@@ -151,18 +196,26 @@ class _TrainingScores(xgb.callback.TrainingCallback):
         return model
 
 
-def fit_scored(train: pd.DataFrame, spec: FeatureSpec, target: str, params: dict[str, Any]) -> Fitted:
-    """``fit``, plus the booster's scores on the training rows (read from XGBoost's prediction cache)."""
-    y = labels(train, target)
-    positives = int(y.sum())
-    check_labels(len(y), positives)
-    vocabulary = fit_vocabulary(train, spec)
-    features = model_frame(train, spec, vocabulary)
-    matrix = xgb.DMatrix(features, label=y.to_numpy(), enable_categorical=True, missing=np.nan)
-    del features  # the matrix holds its own copy
+def fit_scored(
+    train: pd.DataFrame | pa.Table | TrainingInput, spec: FeatureSpec, target: str, params: dict[str, Any]
+) -> Fitted:
+    """``fit``, plus the booster's scores on the training rows (read from XGBoost's prediction cache).
+
+    ``train`` is the rows (a DataFrame or an Arrow table) or their ``training_input``: the same booster, byte
+    for byte, from the same rows in any of these forms.
+    """
+    data = train if isinstance(train, TrainingInput) else training_input(train, spec, target)
+    rows, positives, vocabulary = len(data.labels), int(data.labels.sum()), data.vocabulary
+    features = data.features
+    if isinstance(features, pa.Table):
+        # XGBoost builds its matrix from an Arrow table with about twice the memory it needs from the same columns
+        # in pandas; the frame views the table's buffers (a copy only of columns with nulls, as NaN).
+        features = features.to_pandas(split_blocks=True)
+    matrix = xgb.DMatrix(features, label=data.labels, enable_categorical=True, missing=np.nan)
+    del data, features  # the matrix holds its own copy
     scored = _TrainingScores(matrix)
     booster = xgb.train(
-        booster_params(params, len(y), positives),
+        booster_params(params, rows, positives),
         matrix,
         num_boost_round=params["num_boost_round"],
         callbacks=[scored],
@@ -171,7 +224,9 @@ def fit_scored(train: pd.DataFrame, spec: FeatureSpec, target: str, params: dict
     return Fitted(_finish(booster, spec, vocabulary), scores=scored.scores)
 
 
-def fit(train: pd.DataFrame, spec: FeatureSpec, target: str, params: dict[str, Any]) -> xgb.Booster:
+def fit(
+    train: pd.DataFrame | pa.Table, spec: FeatureSpec, target: str, params: dict[str, Any]
+) -> xgb.Booster:
     """Fit a binary XGBoost classifier (hist, native categoricals) on labelled rows."""
     return fit_scored(train, spec, target, params).booster
 

@@ -19,6 +19,7 @@ The holdout (the newest share of the newest batch) is always held in memory: it 
 
 from __future__ import annotations
 
+import gc
 import logging
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -30,11 +31,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ml import drift, performance, quality, train
+from ml import drift, performance, quality, quantiles, train
 from ml.config import LooplineConfig, Paths
 from ml.engines.base import MonitoredBatch, TrainedModel
-from ml.evaluate import classification_metrics, roc_auc
-from ml.features import FeatureSpec, fit_vocabulary, resolve_features
+from ml.evaluate import AUC_BINS, classification_metrics, histogram_roc_auc, score_class_histogram
+from ml.features import FeatureSpec, fit_vocabulary, is_text_like, resolve_features
 from ml.ingest import CleanBatch, clean_batch, read_source
 from ml.lake import Lake, Partition
 
@@ -96,10 +97,26 @@ class LocalEngine:
         return stream
 
     def chunks(self, batches: Sequence[str], columns: Sequence[str] | None) -> Iterator[pd.DataFrame]:
-        """The batches' rows as DataFrames of at most ``engine.batch_rows`` rows (only ``columns``)."""
+        """The batches' rows as DataFrames of at most ``chunk_rows`` rows, in row order (a ``quality.ChunkReader``).
+
+        Only ``columns`` when given, in that order; one a batch lacks comes as missing values, as in a
+        whole-window read.
+        """
         rows = self.chunk_rows(batches, columns)
-        for _, _, record_batch in self.lake.scan(self.table, batches, columns, rows):
-            yield record_batch.to_pandas()
+        stored = {key: set(self.lake.schema(self.table, key).names) for key in batches if columns is not None}
+        # pyarrow's parsed Parquet footers are reference cycles (FileMetaData <-> ParquetSchema) as large as their
+        # row groups; a steady read loop seldom triggers the collector, so a gate reading one column per pass
+        # would pile them up: freed here, from the young generations (a few ms).
+        gc.collect(1)
+        for key in batches:
+            present = None if columns is None else [column for column in columns if column in stored[key]]
+            for _, _, record_batch in self.lake.scan(self.table, [key], present, rows):
+                frame = record_batch.to_pandas()
+                yield (
+                    frame
+                    if columns is None or present == list(columns)
+                    else frame.reindex(columns=list(columns))
+                )
 
     def chunk_rows(self, batches: Sequence[str], columns: Sequence[str] | None) -> int:
         """Rows per record batch: ``engine.batch_rows``, fewer when a batch of them would exceed 1/8 of the budget.
@@ -149,32 +166,64 @@ class LocalEngine:
             frame = self.lake.read(self.table, batches)
             return quality.validate(frame, suite, docs, run_name=run_name)
         columns = self.lake.schema(self.table, batches[0]).names
-        return quality.validate_stream(self.chunks(batches, None), columns, suite, docs, run_name)
+        return quality.validate_stream(
+            lambda wanted: self.chunks(batches, wanted),
+            columns,
+            suite,
+            docs,
+            run_name,
+            budget_bytes=self.config.engine.memory_budget_mb * 2**20,
+        )
 
     def train(self, batches: list[str], params: dict[str, Any]) -> TrainedModel:
         """Split off the holdout, fit XGBoost on the rest, profile the training rows and their scores."""
         if self.out_of_core(batches):
             return self._train_streaming(batches, params)
-        dataset = self.config.dataset
-        window = self.lake.read(self.table, batches)
+        # The window is read as Arrow, its categoricals dictionary-encoded as Parquet stores them, and never
+        # becomes a pandas frame: the split, the encoding, XGBoost's input and the profile read Arrow columns.
+        # The spec is resolved from the partitions' schema, as it was from the dtypes of a pandas read.
+        dataset, bins = self.config.dataset, self.config.drift.bins
+        schema = pa.unify_schemas(
+            [self.lake.schema(self.table, batch) for batch in batches], promote_options="permissive"
+        )
+        empty = schema.empty_table().to_pandas()
+        spec = resolve_features(self.config, empty.columns, empty.dtypes)
+        window = self.lake.read_arrow(self.table, batches, None, spec.categorical)
         split = train.split_window(window, self.lake.footer_rows(self.table, batches[-1:]), self.config)
         del window  # the split holds what training needs (slices of it, when it can)
-        spec = resolve_features(self.config, split.train.columns, split.train.dtypes)
-        bins = self.config.drift.bins
+
+        def as_read(rows: pa.Table) -> pd.DataFrame:
+            """Rows as ``Lake.read`` returns them: text columns plain again, the pandas metadata kept."""
+            plain = [schema.field(f.name) if pa.types.is_dictionary(f.type) else f for f in rows.schema]
+            return rows.cast(pa.schema(plain, metadata=rows.schema.metadata)).to_pandas()
+
+        holdout, example = as_read(split.holdout), as_read(split.train.slice(0, SAMPLE_ROWS))
+        data = train.training_input(split.train, spec, dataset.target)
+        # The profile reads the encoded columns where they hold the rows' values (numbers as float64, text as
+        # codes into a vocabulary of exactly the values present), the raw column of other categoricals.
+        raw = [c for c in spec.categorical if not is_text_like(split.train.schema.field(c).type)]
+        profiled = data.features.drop_columns(raw)
+        for column in raw:
+            profiled = profiled.append_column(column, split.train.column(column))
+        del (
+            split
+        )  # boosting and the profile read encoded copies: the window's memory goes back before boosting
+        pa.default_memory_pool().release_unused()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopline-profile") as pool:
             # The features' profile does not depend on the model: built while it trains (numpy and XGBoost
             # leave the GIL), the scores' part is added after.
-            features = pool.submit(drift.feature_profiles, split.train, spec, bins)
-            fitted = train.fit_scored(split.train, spec, dataset.target, params)
+            features = pool.submit(drift.feature_profiles, profiled, spec, bins)
+            fitted = train.fit_scored(data, spec, dataset.target, params)
             columns = features.result()
-        y = split.train[dataset.target].astype(int).to_numpy()
+        y = data.labels
+        del data, profiled
         return self._trained(
             fitted.booster,
             spec,
             fitted.scores,
             y,
-            split.holdout,
-            split.train.head(SAMPLE_ROWS),
+            holdout,
+            example,
             lambda importance, calibration: drift.assemble_profile(
                 columns, fitted.scores, len(y), bins, importance=importance, calibration=calibration
             ),
@@ -227,22 +276,43 @@ class LocalEngine:
         return mask, labelled[cut:]
 
     def _train_streaming(self, batches: list[str], params: dict[str, Any]) -> TrainedModel:
+        """``train`` in passes over record batches, in memory bounded by the budget plus XGBoost's per-row state.
+
+        1. count the rows, the positives and the categories; the numeric columns' first selection pass;
+        2. XGBoost's external-memory passes (``train.fit_external``);
+        3. score the training rows: the scores go to a file next to XGBoost's cache, the training metrics
+           and the scores' first selection pass take them as they come; the numeric columns' second pass;
+        4. more selection passes over the numeric columns and the scores' file until their quantiles are
+           exact (``quantiles.StreamedColumns``: two or three passes for millions of rows).
+
+        Nothing per row stays in memory but the holdout (a share of the newest batch, the step's output).
+        """
         dataset, newest = self.config.dataset, batches[-1]
         spec = self._spec(newest)
         mask, holdout_rows = self._holdout_split(newest)
+        bins, budget = self.config.drift.bins, self.config.engine.memory_budget_mb * 2**20
 
         def training(columns: Sequence[str]) -> Iterator[pd.DataFrame]:
+            wanted = list(dict.fromkeys([*columns, dataset.target]))
             for key, offset, record_batch in self.lake.scan(
-                self.table, batches, columns, self.chunk_rows(batches, columns)
+                self.table, batches, wanted, self.chunk_rows(batches, wanted)
             ):
                 frame = record_batch.to_pandas()
+                del record_batch
                 keep = (
                     mask[offset : offset + len(frame)]
                     if key == newest
                     else frame[dataset.target].notna().to_numpy()
                 )
-                yield frame[keep] if not keep.all() else frame
+                if not keep.all():
+                    frame = frame[keep]  # the unfiltered frame goes now, not when the next one comes
+                yield frame
 
+        def profile(statistics: quantiles.OrderStatistics) -> dict[str, Any]:
+            return drift.numeric_profile(statistics, bins)
+
+        # A quarter of the budget for the selections' state (a record batch takes an eighth, XGBoost the rest).
+        numeric = quantiles.StreamedColumns(spec.numeric, profile, budget // 4)
         needed = [*spec.columns, dataset.target]
         rows, positives, sample = 0, 0, None
         counts: dict[str, dict[str, int]] = {column: {} for column in spec.categorical}
@@ -250,10 +320,12 @@ class LocalEngine:
         for frame in training(needed):
             rows += len(frame)
             positives += int(frame[dataset.target].astype("int64").sum())
-            sample = frame.head(SAMPLE_ROWS) if sample is None else sample
+            sample = frame.head(SAMPLE_ROWS).copy() if sample is None else sample
             for column, found in fit_vocabulary(frame, spec).items():
                 seen[column].update(found)
                 counts[column] = drift.merge_counts(counts[column], drift.category_counts(frame[column]))
+            numeric.add(frame)
+        numeric.end_pass()
         vocabulary = {column: sorted(found) for column, found in seen.items()}
         with tempfile.TemporaryDirectory(prefix="loopline-xgb-") as cache:
             booster = train.fit_external(
@@ -266,62 +338,74 @@ class LocalEngine:
                 positives,
                 Path(cache),
             )
-        scores = np.empty(rows)
-        y = np.empty(rows, dtype=np.int8)
-        at = 0
-        for frame in training(needed):
-            scores[at : at + len(frame)] = train.predict(booster, frame)
-            y[at : at + len(frame)] = frame[dataset.target].astype("int64").to_numpy()
-            at += len(frame)
+            scores = quantiles.StreamedSelection(profile, budget // 8)
+            tally = _ScoreTally(self.config.gate.decision_threshold)
+            spilled = Path(cache) / "scores.f8"
+            with spilled.open("wb") as out:
+                for frame in training(needed):
+                    predicted = train.predict(booster, frame)
+                    predicted.tofile(out)
+                    tally.add(frame[dataset.target].astype("int64").to_numpy(), predicted)
+                    scores.add(predicted)
+                    numeric.add(frame)
+            scores.end_pass()
+            numeric.end_pass()
+            numeric.run(training)
+            while scores.pending:
+                for part in _spilled(spilled, self.config.engine.batch_rows):
+                    scores.add(part)
+                scores.end_pass()
         holdout = self._holdout_frame(newest, holdout_rows)
-
-        def profile_of(
-            importance: dict[str, float], calibration: tuple[np.ndarray, np.ndarray] | None
-        ) -> dict[str, Any]:
-            columns: dict[str, Any] = {}
-            # Exact quantiles need a column whole: read as many numeric columns per pass as half the budget holds.
-            per_pass = max(1, int(self.config.engine.memory_budget_mb * 2**20 / 2 // max(rows * 8, 1)))
-            numeric = list(spec.numeric)
-            for start in range(0, len(numeric), per_pass):
-                group = numeric[start : start + per_pass]
-                parts: dict[str, list[pd.Series]] = {column: [] for column in group}
-                for frame in training([*group, dataset.target]):
-                    for column in group:
-                        parts[column].append(frame[column])
-                for column in group:
-                    values = pd.concat(parts.pop(column), ignore_index=True)
-                    columns[column] = drift.numeric_profile(values, self.config.drift.bins)
-            for column in spec.categorical:
-                columns[column] = drift.categorical_profile(counts[column], rows)
-            return drift.assemble_profile(
-                columns, scores, rows, self.config.drift.bins, importance=importance, calibration=calibration
-            )
-
+        importance = train.feature_importance(booster)
+        holdout_y = holdout[dataset.target].astype(int).to_numpy()
+        calibration = (train.predict(booster, holdout), holdout_y) if len(holdout) else None
+        columns: dict[str, Any] = {column: profile(numeric[column]) for column in spec.numeric}
+        for column in spec.categorical:
+            columns[column] = drift.categorical_profile(counts[column], rows)
+        document = drift.assemble_profile(
+            columns, np.zeros(0), rows, bins, importance=importance, calibration=calibration
+        )
+        document["columns"][drift.SCORE] = profile(scores)  # assemble_profile takes the scores as an array
         assert sample is not None  # fit_external refused an empty window
-        return self._trained(
-            booster, spec, scores, y, holdout, sample, profile_of, self._lineage(True, batches, None)
+        return TrainedModel(
+            booster=booster,
+            spec=spec,
+            profile=document,
+            train_metrics=tally.metrics(),
+            importance=importance,
+            train_rows=rows,
+            holdout=holdout,
+            example=sample,
+            lineage=self._lineage(True, batches, None),
         )
 
     def _holdout_frame(self, newest: str, positions: np.ndarray) -> pd.DataFrame:
-        """The holdout rows of the newest batch, in holdout order, gathered record batch by record batch."""
+        """The holdout rows of the newest batch, in holdout order, gathered record batch by record batch.
+
+        Gathered and put in holdout order in Arrow, converted to pandas once (one copy of the holdout, not three).
+        """
         wanted = np.sort(positions)
-        parts = []
+        parts: list[pa.RecordBatch] = []
         for _, offset, record_batch in self.lake.scan(
             self.table, [newest], None, self.chunk_rows([newest], None)
         ):
             inside = wanted[(wanted >= offset) & (wanted < offset + record_batch.num_rows)] - offset
             if inside.size:
-                parts.append(record_batch.take(inside).to_pandas())
-        gathered = (
-            pd.concat(parts, ignore_index=True) if parts else self.lake.read(self.table, [newest]).iloc[0:0]
-        )
-        order = np.searchsorted(wanted, positions)
-        return gathered.iloc[order].reset_index(drop=True)
+                parts.append(record_batch.take(inside))
+        if not parts:
+            return self.lake.read(self.table, [newest]).iloc[0:0]
+        ordered = pa.Table.from_batches(parts).take(np.searchsorted(wanted, positions))
+        del parts
+        return ordered.to_pandas()
 
     def monitor(self, batch: str, booster: xgb.Booster, profile: dict[str, Any]) -> MonitoredBatch:
         """Drift statistics of one batch and the booster's scores on it, merged over record batches.
 
-        Read, scored and counted in Arrow (categoricals dictionary-encoded), never copied into pandas.
+        Read, scored and counted in Arrow (categoricals dictionary-encoded), never copied into pandas. Streamed,
+        a record batch leaves only fixed-size state behind (its drift summary and its labelled scores'
+        ``performance.LabelledScores``, each merged at once): memory does not grow with the rows. The drift
+        result equals the in-memory one; the realised AUC is then binned (within 1e-4 of the per-row AUC, see
+        ``LabelledScores.performance``), in memory it is per row.
         """
         target = self.config.dataset.target
         spec = train.feature_spec_of(booster)
@@ -330,43 +414,53 @@ class LocalEngine:
         columns = [c for c in columns if c in available]
         kinds = {column: ref["kind"] for column, ref in profile["columns"].items()}
         text = [c for c in columns if c in spec.categorical or kinds.get(c) == "categorical"]
-        summaries, labels, labelled_scores = [], [], []
-        for table in self._tables([batch], columns, self.out_of_core([batch], columns), text):
+        stream = self.out_of_core([batch], columns)
+        summary: drift.BatchSummary | None = None
+        labelled: performance.LabelledScores | None = None
+        realised: dict[str, Any] | None = None
+        for table in self._tables([batch], columns, stream, text):
             scores = train.predict(booster, table)
-            summaries.append(drift.summarize_batch(profile, table, scores))
+            part = drift.summarize_batch(profile, table, scores)
+            summary = part if summary is None else summary.merge(part)
             y, s = _labelled(table, target, scores)
-            labels.append(y)
-            labelled_scores.append(s)
-        summary = drift.merge_summaries(summaries)
+            if not stream:  # one table: the per-row realised performance
+                realised = performance.realised_performance(y, s) if y.size else None
+            elif y.size:
+                counted = performance.LabelledScores.of(y, s)
+                labelled = counted if labelled is None else labelled.merge(counted)
+            del table, scores, y, s  # not held while the next record batch is read
+        if summary is None:
+            raise ValueError(f"{self.table} batch {batch} has no rows to monitor")
         result = drift.compare_summary(profile, summary, batch, self.config.drift)
-        y, s = np.concatenate(labels), np.concatenate(labelled_scores)
-        realised = performance.realised_performance(y, s) if y.size else None
+        if labelled is not None:
+            realised = labelled.performance()
         return MonitoredBatch(drift=result, realised=realised, rows=summary.rows)
 
     def score(self, batch: str, booster: xgb.Booster, model_version: str) -> dict[str, Any]:
         """Score one batch into its predictions partition, record batch by record batch past the budget.
 
-        Read and scored in Arrow; the predictions (id, time, score, model version) are written from Arrow.
+        Read and scored in Arrow; the predictions (id, time, score, model version) are written from Arrow as
+        they come. The labelled rows' AUC comes from a fixed-size per-class score histogram
+        (``evaluate.histogram_roc_auc``: no sort, memory independent of the rows, within 1e-4 of the per-row
+        AUC), the same number streamed or in memory.
         """
         dataset = self.config.dataset
         spec = train.feature_spec_of(booster)
         keep = [c for c in (dataset.id_column, dataset.time_column) if c]
         columns = list(dict.fromkeys([*keep, *spec.columns, dataset.target]))
         stream = self.out_of_core([batch], columns)
-        labels: list[np.ndarray] = []
-        labelled_scores: list[np.ndarray] = []
+        histogram = np.zeros((2, AUC_BINS), dtype=np.int64)
 
         def predictions() -> Iterator[pa.Table]:
             for table in self._tables([batch], columns, stream, spec.categorical):
                 scores = train.predict(booster, table)
-                y, s = _labelled(table, dataset.target, scores)
-                labels.append(y)
-                labelled_scores.append(s)
+                histogram[...] += score_class_histogram(*_labelled(table, dataset.target, scores))
                 version = pa.repeat(pa.scalar(model_version, pa.large_string()), len(scores))
                 yield pa.table(
                     [*(table.column(c) for c in keep), pa.array(scores), version],
                     names=[*keep, "score", "model_version"],
                 )
+                del table, scores  # not held while the next record batch is read
 
         partition = self.lake.write_stream(f"{self.table}__predictions", batch, predictions())
         summary: dict[str, Any] = {
@@ -376,14 +470,73 @@ class LocalEngine:
             "champion_version": model_version,
             "out_of_core": stream,
         }
-        y = np.concatenate(labels)
-        if y.size:
-            summary["roc_auc"] = roc_auc(y, np.concatenate(labelled_scores))
+        if histogram.any():
+            summary["roc_auc"] = histogram_roc_auc(histogram)[0]
         return summary
 
 
 def _labelled(table: pa.Table, target: str, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The 0/1 labels of the rows that have one, and those rows' scores."""
-    values = table.column(target).to_pandas()
-    known = values.notna().to_numpy()
-    return values[known].astype(int).to_numpy(), scores[known]
+    values = table.column(target).to_numpy(zero_copy_only=False)  # missing: NaN (or None)
+    known = pd.notna(values)
+    if known.all():
+        return values.astype(int, copy=False), scores
+    return values[known].astype(int), scores[known]
+
+
+def _spilled(path: Path, rows: int) -> Iterator[np.ndarray]:
+    """A float64 file written with ``ndarray.tofile``, ``rows`` values at a time (read, not mapped)."""
+    with path.open("rb") as source:
+        while (part := np.fromfile(source, dtype="float64", count=rows)).size:
+            yield part
+
+
+class _ScoreTally:
+    """``classification_metrics`` of the training rows from fixed-size state merged over record batches.
+
+    Exact (up to summation order) but for the ranking metrics: ROC and PR AUC come from a per-class score
+    histogram (``evaluate.score_class_histogram``, bins of width 1e-5 whose rows count as ties; see
+    ``evaluate.histogram_roc_auc`` for the bound).
+    """
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.histogram = np.zeros((2, AUC_BINS), dtype=np.int64)
+        self.log_loss = self.brier = 0.0
+        self.flagged = self.true_positives = 0
+
+    def add(self, y: np.ndarray, scores: np.ndarray) -> None:
+        """One record batch's 0/1 labels and scores."""
+        clipped = np.clip(scores, 1e-7, 1 - 1e-7)  # as classification_metrics clips them
+        self.histogram += score_class_histogram(y, clipped)
+        self.log_loss -= float(np.sum(np.where(y == 1, np.log(clipped), np.log1p(-clipped))))
+        self.brier += float(np.sum((clipped - y) ** 2))
+        predicted = clipped >= self.threshold
+        self.flagged += int(np.count_nonzero(predicted))
+        self.true_positives += int(np.count_nonzero(predicted & (y == 1)))
+
+    def metrics(self) -> dict[str, float]:
+        """The metrics of every row added, under ``classification_metrics``' keys."""
+        negatives, positives = self.histogram
+        rows, hits = int(self.histogram.sum()), int(positives.sum())
+        roc_auc = pr_auc = float("nan")
+        if 0 < hits < rows:
+            roc_auc = histogram_roc_auc(self.histogram)[0]
+            used = (positives + negatives)[::-1] > 0  # from the highest scores down, one threshold per bin
+            true_pos = np.cumsum(positives[::-1])[used].astype("float64")
+            flagged = np.cumsum((positives + negatives)[::-1])[used]
+            pr_auc = float(np.sum(np.diff(true_pos, prepend=0.0) / hits * true_pos / flagged))
+        precision = self.true_positives / self.flagged if self.flagged else 0.0
+        recall = self.true_positives / hits if hits else 0.0
+        both = self.flagged + hits
+        return {
+            "roc_auc": roc_auc,
+            "pr_auc": pr_auc,
+            "log_loss": self.log_loss / rows if rows else 0.0,
+            "brier": self.brier / rows if rows else 0.0,
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1": 2 * self.true_positives / both if both else 0.0,
+            "rows": float(rows),
+            "positive_rate": hits / rows if rows else float("nan"),
+        }

@@ -1,0 +1,204 @@
+"""The streamed gate in bounded memory: exact repeats through spilled hash buckets, one column per pass."""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml import quality
+from ml.config import Paths, load_config
+from ml.demo_data import Scenario, generate_month
+from ml.engines.local import LocalEngine
+from ml.lake import Lake
+
+ROOT = Path(__file__).resolve().parents[2]
+SUITE = ROOT / "expectations" / "loans.json"
+
+
+def _batches(values: pd.Series, rows: int) -> list[pd.Series]:
+    return [values.iloc[i : i + rows] for i in range(0, len(values), rows)]
+
+
+def _pandas_repeats(values: pd.Series) -> tuple[int, list]:
+    """What GE reports for uniqueness on the whole column: rows of repeated values, the first five of them."""
+    repeated = values.duplicated(keep=False).to_numpy()
+    return int(repeated.sum()), [quality._plain(v) for v in values[repeated].head(quality.EXAMPLES)]
+
+
+def _find(values: pd.Series, folder: Path, rows: int = 1000, limit: int = 1 << 20) -> tuple[int, list]:
+    finder = quality._RepeatFinder(folder, limit)
+    batches = _batches(values, rows)
+    for batch in batches:
+        finder.add(batch)
+    return finder.result(lambda: iter(batches))
+
+
+@pytest.mark.fast
+def test_repeats_in_far_apart_batches_are_found_exactly(tmp_path: Path) -> None:
+    ids = pd.Series(np.arange(50_000, dtype="int64") * 7919)
+    ids.iloc[[49_990, 49_999]] = ids.iloc[[3, 11]].to_numpy()  # the last batch repeats ids of the first
+    ids.iloc[25_000] = ids.iloc[3]
+    count, examples = _find(ids, tmp_path / "far")
+    assert (count, examples) == _pandas_repeats(ids)
+    assert count == 5 and examples == [int(ids.iloc[i]) for i in (3, 11, 25_000, 49_990, 49_999)]
+    assert _find(ids.drop_duplicates(), tmp_path / "unique") == (0, [])
+
+
+@pytest.mark.fast
+def test_oversized_buckets_are_split_by_further_hash_bits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = quality._hash64
+    monkeypatch.setattr(quality, "_hash64", lambda values: real(values) & ~np.uint64(63))  # all in bucket 0
+    rng = np.random.default_rng(3)
+    ids = pd.Series(rng.integers(0, 400_000, 20_000))  # chance repeats
+    found = _find(ids, tmp_path / "skewed", rows=4_000, limit=64 * 1024)
+    assert found == _pandas_repeats(ids) and found[0] > 0
+    assert len(list((tmp_path / "skewed" / "00").iterdir())) > 32  # bucket 0 was split by the next six bits
+
+
+@pytest.mark.fast
+def test_a_value_repeated_in_every_batch_spills_once_per_batch(tmp_path: Path) -> None:
+    ids = pd.Series(np.where(np.arange(30_000) % 3 == 0, -1, np.arange(30_000)))
+    finder = quality._RepeatFinder(tmp_path / "hot", 1 << 20)
+    batches = _batches(ids, 1000)
+    for batch in batches:
+        finder.add(batch)
+    spilled = sum(path.stat().st_size for path in (tmp_path / "hot").glob("*.bin"))
+    assert spilled == quality._ENTRY.itemsize * sum(batch.nunique() for batch in batches)
+    assert finder.result(lambda: iter(batches)) == _pandas_repeats(ids) == (10_000, [-1] * 5)
+
+
+@pytest.mark.fast
+def test_hash_collisions_never_count_as_repeats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = quality._hash64
+    monkeypatch.setattr(quality, "_hash64", lambda values: real(values) % np.uint64(3))
+    ids = pd.Series([f"id-{i}" for i in range(5_000)])
+    assert _find(ids, tmp_path / "distinct") == (0, [])  # every hash collides, no value repeats
+    ids.iloc[4_321] = ids.iloc[17]
+    assert _find(ids, tmp_path / "one") == (2, ["id-17", "id-17"])
+
+
+@pytest.mark.fast
+def test_many_suspects_are_compared_over_several_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = quality._hash64
+    monkeypatch.setattr(quality, "_hash64", lambda values: real(values) % np.uint64(5_000))
+    ids = pd.Series(np.arange(40_000, dtype="int64"))
+    ids.iloc[39_000:] = ids.iloc[:1_000].to_numpy()
+    finder = quality._RepeatFinder(tmp_path / "passes", limit=1 << 16)  # 1024 suspects per pass
+    batches = _batches(ids, 3_000)
+    for batch in batches:
+        finder.add(batch)
+    passes = []
+
+    def reread() -> Iterator[pd.Series]:
+        passes.append(1)
+        return iter(batches)
+
+    assert finder.result(reread) == _pandas_repeats(ids)
+    assert len(passes) == 5  # 5000 suspect hashes, 1024 per pass
+
+
+@pytest.mark.fast
+def test_equal_numbers_of_different_dtypes_repeat(tmp_path: Path) -> None:
+    """An integer id column with a gap in one record batch comes as floats there, as in a whole-window read."""
+    folder = tmp_path / "dtypes"
+    finder = quality._RepeatFinder(folder, 1 << 20)
+    batches = [pd.Series([1, 2, 3]), pd.Series([4.0, 3.0, 0.0]), pd.Series([-0.0, 5.0])]
+    for batch in batches:
+        finder.add(batch)
+    whole = pd.concat(batches, ignore_index=True)
+    assert finder.result(lambda: iter(batches)) == _pandas_repeats(whole) == (4, [3, 3.0, 0.0, -0.0])
+
+
+@pytest.mark.fast
+def test_repeat_finder_memory_does_not_grow_with_rows(tmp_path: Path) -> None:
+    def peak(rows: int) -> int:
+        values = pd.Series(np.arange(rows, dtype="int64"))
+        tracemalloc.start()
+        _find(values.iloc[:0], tmp_path / f"warm-{rows}")  # imports and caches outside the measure
+        tracemalloc.reset_peak()
+        finder = quality._RepeatFinder(tmp_path / f"n-{rows}", 1 << 20)
+        for start in range(0, rows, 10_000):
+            finder.add(values.iloc[start : start + 10_000])
+        assert finder.result(lambda: iter(())) == (0, [])
+        top = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return top
+
+    small, large = peak(100_000), peak(800_000)
+    assert large < 2 * small and large < 8 * 800_000  # holding the ids would take 8 bytes per row
+
+
+def _reader(frame: pd.DataFrame, rows: int, calls: list) -> quality.ChunkReader:
+    def read(columns: Sequence[str] | None) -> Iterator[pd.DataFrame]:
+        calls.append(None if columns is None else list(columns))
+        chosen = frame if columns is None else frame.reindex(columns=list(columns))
+        return (chosen.iloc[i : i + rows] for i in range(0, len(chosen), rows))
+
+    return read
+
+
+def _failures(result: quality.GateResult) -> list[tuple]:
+    return sorted(
+        (f.expectation, f.column or "", f.severity, f.unexpected_percent, [str(e) for e in f.examples])
+        for f in result.critical + result.warnings
+    )
+
+
+@pytest.fixture(scope="module")
+def broken() -> pd.DataFrame:
+    """Demo loans with gaps, out-of-range and unknown values, and ids repeated far apart."""
+    month = generate_month(Scenario(rows_per_month=1000, incident_months=()), 1)
+    frame = month.drop_duplicates("loan_id").reset_index(drop=True)
+    frame.loc[::3, "credit_score"] = np.nan
+    frame.loc[:20:2, "age"] = -1
+    frame.loc[5, "home_ownership"] = "CASTLE"
+    frame.loc[[2, 7], "loan_id"] = frame.loc[0, "loan_id"]
+    return pd.concat([frame, frame.iloc[[40, 3]]], ignore_index=True)  # the end repeats the beginning
+
+
+@pytest.mark.parametrize(
+    ("budget", "tiny_hash"), [(64 * 2**20, False), (2_048, False), (64 * 2**20, True)], ids=str
+)
+def test_streamed_failures_equal_the_whole_frame_run(
+    broken: pd.DataFrame, monkeypatch: pytest.MonkeyPatch, budget: int, tiny_hash: bool
+) -> None:
+    """Verdict, failed expectations, columns, shares and examples: all equal GE on the whole frame."""
+    whole = quality.validate(broken, SUITE)
+    if tiny_hash:
+        real: Callable[[pd.Series], np.ndarray] = quality._hash64
+        monkeypatch.setattr(quality, "_hash64", lambda values: real(values) % np.uint64(7))
+    calls: list = []
+    streamed = quality.validate_stream(
+        _reader(broken, 97, calls), list(broken.columns), SUITE, budget_bytes=budget
+    )
+    assert not whole.passed and streamed.passed == whole.passed and streamed.evaluated == whole.evaluated
+    assert _failures(streamed) == _failures(whole)
+    assert ("expect_column_values_to_be_unique", "loan_id") in {
+        (f.expectation, f.column) for f in streamed.critical
+    }
+    assert calls[0] is None and all(len(columns) == 1 for columns in calls[1:])  # one column per pass
+    assert streamed.raw["rows"] == len(broken)
+
+
+@pytest.mark.fast
+def test_engine_chunks_read_only_the_asked_columns_and_fill_missing_ones(tmp_path: Path) -> None:
+    config = load_config(ROOT / "loopline.yaml")
+    paths = Paths(home=tmp_path / "home")
+    lake = Lake(paths.lake)
+    table = config.dataset.name
+    lake.write(table, "2025-01", pd.DataFrame({"a": [1, 2, 3], "b": ["x", "y", "z"], "c": [0.5, 1.5, 2.5]}))
+    lake.write(table, "2025-02", pd.DataFrame({"a": [4, 5], "c": [3.5, 4.5]}))  # no column b
+    engine = LocalEngine(config, paths)
+    frames = list(engine.chunks(["2025-01", "2025-02"], ["c", "b"]))
+    assert [list(frame.columns) for frame in frames] == [["c", "b"], ["c", "b"]]
+    assert frames[1]["b"].isna().all() and frames[1]["c"].tolist() == [3.5, 4.5]
+    assert list(next(iter(engine.chunks(["2025-01"], None))).columns) == ["a", "b", "c"]
