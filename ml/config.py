@@ -89,6 +89,17 @@ class DatasetConfig(_Strict):
         default=None, description="GE suite JSON; default expectations/<name>.json next to the config."
     )
     max_batch_rows: int = Field(default=5_000_000, gt=0)
+    extra_columns: Literal["refuse", "drop"] = Field(
+        default="refuse",
+        description="A column that is neither the id, the time, the target nor a feature: refuse the batch, "
+        "or drop the column.",
+    )
+    duplicate_ids: Literal["refuse", "keep_last"] = Field(
+        default="refuse",
+        description="Exact duplicate rows are always dropped. An id on rows with different values: refuse the "
+        "batch, or keep its last row. An id already in another accepted batch: refuse, or drop this batch's "
+        "row (accepted partitions never change).",
+    )
 
 
 class BatchingConfig(_Strict):
@@ -138,7 +149,9 @@ class GateConfig(_Strict):
     decision_threshold: float = Field(default=0.5, gt=0, lt=1)
     bootstrap_rounds: int = Field(default=200, ge=0)
     bootstrap_lower_bound: float = Field(
-        default=-0.005, description="The 5th percentile of the paired AUC difference must lie above this."
+        default=0.0,
+        description="The 5th percentile of the paired AUC difference must lie above this: at 0 a challenger "
+        "no better than the champion is promoted about 5% of the time (a one-sided 95% bound).",
     )
     slice_min_rows: int = Field(default=200, ge=10, description="Slices with fewer holdout rows are skipped.")
     slice_tolerance: float = Field(

@@ -1,4 +1,4 @@
-"""From a landed file to a clean batch: find it, read it, enforce the schema, drop duplicate ids.
+"""From a landed file to a clean batch: find it, read it, enforce the schema, apply the duplicate-id policy.
 
 Every problem with the data raises ``BatchRejected`` with a message that names the file, the column, the rows
 and the fix; the caller quarantines the batch. Nothing here writes to the lake.
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -36,11 +38,16 @@ _EVERYTHING = (datetime(1900, 1, 1), datetime(2200, 1, 1))
 
 
 class BatchRejected(ValueError):
-    """A batch that must not enter the lake; ``problems`` lists each reason."""
+    """A batch that must not enter the lake; ``problems`` lists each reason.
 
-    def __init__(self, source: Path | str, problems: list[str]) -> None:
+    ``ids_elsewhere`` holds a few of the batch's ids that another accepted batch already holds, so that the
+    caller, which knows the lake, can name that batch.
+    """
+
+    def __init__(self, source: Path | str, problems: list[str], ids_elsewhere: Iterable[object] = ()) -> None:
         self.source = str(source)
         self.problems = problems
+        self.ids_elsewhere = list(ids_elsewhere)
         super().__init__(f"{source}: batch rejected:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
@@ -362,13 +369,16 @@ def clean_batch(
     frame: pd.DataFrame,
     batch: str,
     source: Path,
-    known_ids: set[object] | None = None,
+    known_ids: AbstractSet[object] | None = None,
 ) -> CleanBatch:
-    """Enforce the schema on a landed frame and keep the rows of ``batch`` only, each id once."""
+    """Enforce the schema on a landed frame and keep the rows of ``batch`` only, each id once.
+
+    ``known_ids`` are the ids of the lake's other accepted batches. A column outside the schema follows
+    ``dataset.extra_columns``; repeated ids follow ``dataset.duplicate_ids`` (``_deduplicate``). Row numbers in
+    messages count the file's data rows from 1.
+    """
     dataset = config.dataset
     rows_read = len(frame)
-    problems: list[str] = []
-    warnings: list[str] = []
     if rows_read > dataset.max_batch_rows:
         raise BatchRejected(
             source,
@@ -377,67 +387,161 @@ def clean_batch(
                 "split the batch or raise the limit"
             ],
         )
-    spec = resolve_features(config, frame.columns, frame.dtypes)
-    required = [dataset.id_column, dataset.target, *spec.columns]
-    if dataset.time_column:
-        required.append(dataset.time_column)
+    if not frame.index.equals(pd.RangeIndex(rows_read)):
+        frame = frame.reset_index(drop=True)
+    required = required_columns(config, frame)
+    problems: list[str] = []
+    warnings: list[str] = []
     missing = [c for c in required if c not in frame.columns]
     if missing:
         problems.append(
             f"missing required column(s) {', '.join(missing)}: restore them in the export, "
             "or remove them from dataset.*_features in the config"
         )
-        raise BatchRejected(source, problems)
     extra = [c for c in frame.columns if c not in required]
-    if extra:
+    if extra and dataset.extra_columns == "refuse":
+        problems.append(
+            f"unexpected column(s) {', '.join(extra)}: add them to dataset.numeric_features or "
+            "dataset.categorical_features, or set dataset.extra_columns: drop to ignore them"
+        )
+    elif extra:
         warnings.append(
             f"dropped unexpected column(s) {', '.join(extra)} (add them to the config to use them)"
         )
-
-    out = pd.DataFrame(index=frame.index)
-    out[dataset.id_column] = (
-        frame[dataset.id_column].astype("object").where(frame[dataset.id_column].notna(), None)
-    )
-    null_ids = out[dataset.id_column].isna()
-    if null_ids.any():
-        problems.append(f"column {dataset.id_column}: {int(null_ids.sum())} empty id(s) at {_rows(null_ids)}")
-    if dataset.time_column:
-        out[dataset.time_column], problem = _parse_time(frame[dataset.time_column], dataset.time_column)
-        if problem:
-            problems.append(problem)
-    for column in spec.numeric:
-        out[column], problem = _parse_numeric(frame[column], column)
-        if problem:
-            problems.append(problem)
-    for column in spec.categorical:
-        values = frame[column].astype("object")
-        out[column] = values.where(values.notna(), None).map(lambda v: None if v is None else str(v))
-    out[dataset.target], problem = _parse_target(
-        frame[dataset.target], dataset.target, dataset.positive_class
-    )
-    if problem:
-        problems.append(problem)
-    for column in spec.columns:
-        if out[column].isna().all():
-            problems.append(f"column {column}: every value is empty (check the export)")
+    if missing:
+        raise BatchRejected(source, problems)
+    out, parse_problems = _parse_columns(config, frame)
+    problems += parse_problems
     if problems:
         raise BatchRejected(source, problems)
-
     out = _rows_of_batch(config, out, batch, source, whole_file=source.stem == batch)
-    before = len(out)
-    out = out.drop_duplicates(subset=[dataset.id_column], keep="first")
-    duplicates = before - len(out)
-    if known_ids:
-        seen = out[dataset.id_column].isin(known_ids)
-        if seen.any():
-            warnings.append(
-                f"dropped {int(seen.sum())} row(s) whose id is already in another batch of the lake"
+    out, duplicates, dedup_warnings = _deduplicate(config, out, source, known_ids or set())
+    return CleanBatch(batch, source, out, rows_read, duplicates, warnings + dedup_warnings)
+
+
+def required_columns(config: LooplineConfig, frame: pd.DataFrame) -> list[str]:
+    """The columns a batch of ``frame``'s shape must hold: the id, the target, the features, the time."""
+    dataset = config.dataset
+    spec = resolve_features(config, frame.columns, frame.dtypes)
+    time = [dataset.time_column] if dataset.time_column else []
+    return [dataset.id_column, dataset.target, *spec.columns, *time]
+
+
+def readable_rows(config: LooplineConfig, frame: pd.DataFrame, batch: str, whole_file: bool) -> pd.DataFrame:
+    """What a refused batch still offers to the data-quality suite: its schema columns that are present, parsed
+    as ``clean_batch`` parses them (values it would refuse become missing), each exact duplicate row once.
+
+    Missing columns stay missing, so the suite reports them. A file of several batches gives the rows of
+    ``batch`` (all of them when its time column is missing too); a batch's own file gives every row.
+    """
+    out, _ = _parse_columns(config, frame.reset_index(drop=True))
+    time_column = config.dataset.time_column
+    if not whole_file and config.batching.by == "rows":
+        first, last = row_range_of(batch, config.batching)
+        out = out.iloc[first:last]
+    elif not whole_file and time_column in out.columns:
+        start, end = window_of(batch, config.batching)
+        out = out[(out[time_column] >= start) & (out[time_column] < end)]
+    return out.drop_duplicates().reset_index(drop=True)
+
+
+def _parse_columns(config: LooplineConfig, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The schema columns present in ``frame``, parsed to the lake's types, and what could not be parsed."""
+    dataset = config.dataset
+    spec = resolve_features(config, frame.columns, frame.dtypes)
+    present = set(frame.columns)
+    problems: list[str] = []
+    out = pd.DataFrame(index=frame.index)
+    if dataset.id_column in present:
+        ids = frame[dataset.id_column]
+        out[dataset.id_column] = ids.astype("object").where(ids.notna(), None)
+        null_ids = out[dataset.id_column].isna()
+        if null_ids.any():
+            problems.append(
+                f"column {dataset.id_column}: {int(null_ids.sum())} empty id(s) at {_rows(null_ids)}"
             )
-            duplicates += int(seen.sum())
-            out = out[~seen]
-    if duplicates:
-        warnings.append(f"dropped {duplicates} duplicate id(s) in column {dataset.id_column}")
-    return CleanBatch(batch, source, out.reset_index(drop=True), rows_read, duplicates, warnings)
+    if dataset.time_column in present:
+        out[dataset.time_column], problem = _parse_time(frame[dataset.time_column], dataset.time_column)
+        problems += [problem] if problem else []
+    for column in (c for c in spec.numeric if c in present):
+        out[column], problem = _parse_numeric(frame[column], column)
+        problems += [problem] if problem else []
+    for column in (c for c in spec.categorical if c in present):
+        values = frame[column].astype("object")
+        out[column] = values.where(values.notna(), None).map(lambda v: None if v is None else str(v))
+    if dataset.target in present:
+        out[dataset.target], problem = _parse_target(
+            frame[dataset.target], dataset.target, dataset.positive_class
+        )
+        problems += [problem] if problem else []
+    problems += [
+        f"column {column}: every value is empty (check the export)"
+        for column in spec.columns
+        if column in out.columns and out[column].isna().all()
+    ]
+    return out, problems
+
+
+def _deduplicate(
+    config: LooplineConfig, frame: pd.DataFrame, source: Path, known_ids: AbstractSet[object]
+) -> tuple[pd.DataFrame, int, list[str]]:
+    """Each id once: ``frame`` without repeated ids, how many rows went, and the warnings to log.
+
+    A row that repeats another exactly (same id, same values: a record delivered twice) is always dropped. An
+    id on rows with different values, or already in another accepted batch (``known_ids``), refuses the batch
+    unless ``dataset.duplicate_ids`` is ``keep_last``: then the id's last row in the file is kept, and a row whose
+    id another batch holds is dropped (an accepted partition is never rewritten, so the first accepted wins).
+    """
+    dataset = config.dataset
+    id_column, keep_last = dataset.id_column, dataset.duplicate_ids == "keep_last"
+    rows_in = len(frame)
+    problems: list[str] = []
+    warnings: list[str] = []
+    repeated = frame[id_column].duplicated(keep=False)
+    if repeated.any():
+        exact = frame[repeated].duplicated(keep="first")
+        frame = frame.drop(index=exact.index[exact])
+        conflicting = frame[id_column].duplicated(keep=False)
+        if conflicting.any() and keep_last:
+            ids = frame.loc[conflicting, id_column].nunique()
+            warnings.append(
+                f"dropped {int(conflicting.sum()) - ids} earlier row(s) of {ids} id(s) repeated with different "
+                "values (dataset.duplicate_ids: keep_last keeps each id's last row)"
+            )
+            frame = frame[~frame[id_column].duplicated(keep="last")]
+        elif conflicting.any():
+            problems.append(
+                f"column {id_column}: {_ids_and_rows(frame[conflicting], id_column)} with different values: "
+                "fix the export so each id has one row, or set dataset.duplicate_ids: keep_last to keep "
+                "each id's last row"
+            )
+    seen = frame[id_column].isin(known_ids) if known_ids else pd.Series(False, index=frame.index)
+    if seen.any() and keep_last:
+        warnings.append(f"dropped {int(seen.sum())} row(s) whose id is already in another batch of the lake")
+        frame = frame[~seen]
+    elif seen.any():
+        problems.append(
+            f"column {id_column}: {_ids_and_rows(frame[seen], id_column)} already in another accepted batch "
+            "of the lake: remove those rows from the export (a record is ingested once), or set "
+            "dataset.duplicate_ids: keep_last to drop them from this batch"
+        )
+    if problems:
+        raise BatchRejected(source, problems, ids_elsewhere=frame.loc[seen, id_column].head(_MAX_EXAMPLES))
+    dropped = rows_in - len(frame)
+    if dropped:
+        warnings.append(f"dropped {dropped} duplicate id(s) in column {id_column}")
+    return frame.reset_index(drop=True), dropped, warnings
+
+
+def _ids_and_rows(rows: pd.DataFrame, id_column: str) -> str:
+    """The first few ids of ``rows`` with their data rows (1-based), e.g. ``2 id(s): 'L1' at rows 3, 9; ...``."""
+    rows_of = rows.groupby(id_column, sort=False).groups
+    shown = [
+        f"{value!r} at row(s) {', '.join(str(int(i) + 1) for i in labels[:_MAX_EXAMPLES])}"
+        for value, labels in list(rows_of.items())[:_MAX_EXAMPLES]
+    ]
+    more = f" and {len(rows_of) - len(shown)} more" if len(rows_of) > len(shown) else ""
+    return f"{len(rows_of)} id(s): " + "; ".join(shown) + more
 
 
 def _rows(mask: pd.Series) -> str:

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import tempfile
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
     import mlflow.pyfunc
     import xgboost as xgb
 
-    from ml.evaluate import Decision
+    from ml.evaluate import Decision, Rule
     from ml.lake import Partition
 
 CHAMPION = "champion"
@@ -283,18 +282,17 @@ def log_training_run(
         _log_dataset_inputs(config, train, partitions)
         booster_file = Path(tmp) / "model.ubj"
         booster.save_model(booster_file)
-        # An explicit signature and requirements, no input example: MLflow would otherwise reload the model to
-        # validate the example (or infer requirements in a child Python), a cost on every training run.
-        signature = infer_signature(example, np.zeros(len(example)))
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*An input example was not provided", UserWarning)
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=LooplineModel(),
-                artifacts={BOOSTER_ARTIFACT: str(booster_file)},
-                signature=signature,
-                pip_requirements=_requirements(),
-            )
+        # An explicit signature and requirements (inferring them runs the model in a child Python: seconds).
+        # The input example makes MLflow load the logged model and score the example once (its serving-input
+        # validation, ~0.1 s, which pyfunc cannot skip): a check that the model serves raw rows.
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=LooplineModel(),
+            artifacts={BOOSTER_ARTIFACT: str(booster_file)},
+            signature=infer_signature(example, np.zeros(len(example))),
+            input_example=example,
+            pip_requirements=_requirements(),
+        )
         version = mlflow.register_model(
             info.model_uri,
             config.model_name,
@@ -406,9 +404,21 @@ def record_evaluation(
         "gate_reason": decision.reason[:5000],
         "compared_with": decision.champion_version or "none",
     }
-    version_tags |= {f"rule.{rule.name}": "pass" if rule.passed else "fail" for rule in decision.rules}
+    for rule in decision.rules:
+        version_tags |= _rule_tags(rule)
     for key, value in version_tags.items():
         client.set_model_version_tag(config.model_name, challenger.version, key, value)
+
+
+def _rule_tags(rule: Rule) -> dict[str, str]:
+    """A gate rule as version tags: ``rule.<name>`` = pass/fail (the verdict alone, for readers that compare it),
+    ``rule.<name>.value`` (a number, ``nan`` when undefined) and ``rule.<name>.threshold`` (e.g. ``>= 0``)."""
+    value = float("nan") if rule.value is None else float(rule.value)
+    return {
+        f"rule.{rule.name}": "pass" if rule.passed else "fail",
+        f"rule.{rule.name}.value": f"{value:.6g}",
+        f"rule.{rule.name}.threshold": f"{rule.comparison} {rule.threshold:g}",
+    }
 
 
 def tag_version(config: LooplineConfig, version: str, tags: dict[str, str]) -> None:
@@ -467,23 +477,23 @@ def move_alias(config: LooplineConfig, alias: str, version: str, reason: str, ac
 
 
 def rollback(config: LooplineConfig, to_version: str | None, actor: str) -> tuple[str | None, str]:
-    """Move ``champion`` back to ``to_version`` (default: the champion before the current one).
+    """Move ``champion`` back to ``to_version`` (default: the newest earlier champion that no rollback left).
 
     Returns (from, to). The target must be a registered version that passed the gate or was champion before.
+    Without ``to_version`` a rollback never returns to a version that a rollback moved away from (so a second
+    rollback goes further back instead of undoing the first); ``to_version`` may name any such version.
     """
     current = champion(config)
     if current is None:
         raise ValueError(f"model {config.model_name} has no champion to roll back")
     moves = champion_moves(config)
     if to_version is None:
-        previous = [
-            m["from"] for m in moves if m["alias"] == CHAMPION and m["to"] == current.version and m["from"]
-        ]
-        if not previous:
+        to_version = _rollback_target(moves, current.version)
+        if to_version is None:
             raise ValueError(
-                f"champion v{current.version} has no previous champion: name one with --to VERSION"
+                f"champion v{current.version} has no earlier champion that a rollback did not leave: "
+                "name one with --to VERSION"
             )
-        to_version = previous[-1]
     known = {v["version"]: v["tags"] for v in versions(config)}
     if to_version not in known:
         raise ValueError(
@@ -501,13 +511,24 @@ def rollback(config: LooplineConfig, to_version: str | None, actor: str) -> tupl
             raise PromotionConflict(
                 "the champion moved while rolling back: check `loopline history` and retry"
             )
-        _move(
-            config,
-            _entry(
-                CHAMPION, current.version, to_version, f"rollback from v{current.version}", actor, PENDING
-            ),
-        )
+        reason = f"{_ROLLBACK_REASON}{current.version}"
+        _move(config, _entry(CHAMPION, current.version, to_version, reason, actor, PENDING))
     return current.version, to_version
+
+
+_ROLLBACK_REASON = (
+    "rollback from v"  # the reason of every rollback's history entry, followed by the version left
+)
+
+
+def _rollback_target(moves: list[dict[str, Any]], current_version: str) -> str | None:
+    """The newest champion in ``moves`` (champion moves, oldest first) other than ``current_version`` that no
+    rollback moved away from; None when there is none."""
+    left = {m["from"] for m in moves if str(m["reason"]).startswith(_ROLLBACK_REASON)}
+    for move in reversed(moves):
+        if move["to"] != current_version and move["to"] not in left:
+            return str(move["to"])
+    return None
 
 
 # The history of alias moves: one registered-model tag per entry (history.000001, ...). A move is three writes

@@ -19,7 +19,7 @@ import pandas as pd
 from ml import quality
 from ml.config import LooplineConfig, Paths
 from ml.engines import engine_for
-from ml.ingest import BatchRejected, landing_path
+from ml.ingest import BatchRejected, landing_path, read_source, readable_rows
 from ml.lake import Lake, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,9 @@ def ingest_batch(
 ) -> dict[str, Any]:
     """Landing file -> schema -> dedup -> quality gate -> one lake partition (replaced on re-run).
 
-    A rejected batch is quarantined with the reason and the task fails; the lake is untouched.
+    A rejected batch is quarantined with the reason and the task fails; the lake is untouched. A batch the
+    schema check refuses is still validated with the dataset's suite on what could be read, and the quarantine
+    holds that result beside the schema error.
     """
     lake = lake_of(paths)
     table = config.dataset.name
@@ -81,8 +83,19 @@ def ingest_batch(
     try:
         clean = engine.ingest(batch, source, others)
     except BatchRejected as exc:
-        quality.quarantine(quarantine_dir, source, str(exc), None, None, move_source=move)
-        raise
+        rejected = _naming_batches_of_known_ids(exc, lake, table, others, config.dataset.id_column)
+        validation, verdict, failures = _validate_refused(config, paths, batch, source, whole_file)
+        if validation is not None:
+            validation.quarantined_to = str(quarantine_dir)
+        # The first line is what `loopline quarantine list` shows: both checks' verdicts.
+        summary = f"schema check failed ({len(rejected.problems)} problem(s)); {verdict}"
+        if failures:
+            failures.insert(0, "data-quality suite on the rows that could be read (validation_result.json):")
+        reason = "\n".join([summary, str(rejected), *failures])
+        quality.quarantine(quarantine_dir, source, reason, validation, None, move_source=move)
+        if rejected is exc:
+            raise
+        raise rejected from None
     result = quality.validate(
         clean.frame, config.suite_path(), data_docs_dir(paths), run_name=f"ingest-{batch}"
     )
@@ -103,6 +116,62 @@ def ingest_batch(
         "sha256": partition.sha256,
         "warnings": clean.warnings + [w.describe() for w in result.warnings],
     }
+
+
+def _naming_batches_of_known_ids(
+    rejected: BatchRejected, lake: Lake, table: str, others: list[str], id_column: str
+) -> BatchRejected:
+    """``rejected`` with one more problem naming the accepted batch that holds each of its ``ids_elsewhere``.
+
+    Only a refused batch pays for this lookup (the id columns of the other batches, read until all are found).
+    """
+    wanted = list(dict.fromkeys(rejected.ids_elsewhere))
+    holders: dict[object, str] = {}
+    for other in others:
+        if len(holders) == len(wanted):
+            break
+        for found in lake.ids_in(table, [other], id_column) & (set(wanted) - holders.keys()):
+            holders[found] = other
+    if not holders:
+        return rejected
+    named = "; ".join(f"{value!r} is in batch {holders[value]}" for value in wanted if value in holders)
+    return BatchRejected(
+        rejected.source, [*rejected.problems, f"column {id_column}: {named}"], rejected.ids_elsewhere
+    )
+
+
+def _validate_refused(
+    config: LooplineConfig, paths: Paths, batch: str, source: Path, whole_file: bool
+) -> tuple[quality.GateResult | None, str, list[str]]:
+    """The dataset's suite on what a batch refused by the schema check holds (``ingest.readable_rows``).
+
+    Returns the result (None when the file cannot be read or validated), a one-line verdict, and one line per
+    failed critical expectation (an expectation on a column the file lacks says "column missing").
+    """
+    dataset = config.dataset
+    try:
+        limit = dataset.max_batch_rows if whole_file else None
+        frame = read_source(source, dataset.source.format, max_rows=limit)
+        rows = readable_rows(config, frame, batch, whole_file)
+        result = quality.validate(
+            rows, config.suite_path(), data_docs_dir(paths), run_name=f"ingest-{batch}-refused"
+        )
+    except (BatchRejected, FileNotFoundError) as exc:
+        why = exc.problems[0] if isinstance(exc, BatchRejected) else str(exc)
+        return None, f"not validated with the data-quality suite: {why}", []
+    # The schema error must reach the quarantine, whatever the suite makes of these rows.
+    except Exception as exc:
+        log.exception("%s: the data-quality suite could not validate the refused batch", source)
+        return None, f"the data-quality suite could not run: {type(exc).__name__}: {exc}", []
+    failures: list[str] = []
+    for failure in result.critical:
+        missing = failure.column is not None and failure.column not in rows.columns
+        failures.append(f"  - {failure.describe()}{': column missing' if missing else ''}")
+        log.warning("%s: the refused batch also fails %s", source, failures[-1].removeprefix("  - "))
+    if result.passed:
+        return result, "the data-quality suite passed on the rows that could be read", []
+    verdict = f"{len(result.critical)} critical expectation(s) of the data-quality suite failed"
+    return result, f"{verdict} on the rows that could be read", failures
 
 
 def plan_training(
@@ -449,4 +518,5 @@ def suggest_expectations(
         numeric=list(spec.numeric),
         categorical=list(spec.categorical),
         batch_rows=[lake.partition(dataset.name, b).rows for b in chosen],
+        window_batches=config.training.window_batches,
     )

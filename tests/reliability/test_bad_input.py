@@ -134,7 +134,44 @@ def _changed(column: str, row: int, value: object) -> Callable[[pd.DataFrame], p
     return change
 
 
+def _id_repeated_with_other_values(frame: pd.DataFrame) -> pd.DataFrame:
+    """Row 10 carries row 3's id with its own values: two different records under one id."""
+    frame = frame.copy()
+    frame.loc[9, "loan_id"] = frame.loc[2, "loan_id"]
+    return frame
+
+
+def _ids_of_an_accepted_batch(home: Home) -> pd.DataFrame:
+    """Month 4 with rows 6 and 8 given ids that batch 2025-01 already holds."""
+    accepted = steps.lake_of(home.paths).read("loans", ["2025-01"])["loan_id"]
+    frame = month(home)
+    frame.loc[[5, 7], "loan_id"] = accepted.iloc[[0, 1]].to_numpy()
+    return frame
+
+
 CSV_CASES: list[tuple[str, Callable[[Home], bytes], type[Exception], str]] = [
+    (
+        "extra unexpected column",
+        lambda h: csv_bytes(month(h).assign(promo_code="X1")),
+        BatchRejected,
+        r"2025-04\.csv: batch rejected.*unexpected column\(s\) promo_code: add them to dataset\.numeric_features "
+        r"or dataset\.categorical_features, or set dataset\.extra_columns: drop",
+    ),
+    (
+        "duplicated id with different values within a batch",
+        lambda h: csv_bytes(_id_repeated_with_other_values(month(h))),
+        BatchRejected,
+        r"column loan_id: 1 id\(s\): 'L004\d{6}' at row\(s\) 3, 10 with different values: fix the export so "
+        r"each id has one row, or set dataset\.duplicate_ids: keep_last",
+    ),
+    (
+        "ids already in another accepted batch",
+        lambda h: csv_bytes(_ids_of_an_accepted_batch(h)),
+        BatchRejected,
+        r"column loan_id: 2 id\(s\): 'L001\d{6}' at row\(s\) 6; 'L001\d{6}' at row\(s\) 8 already in another "
+        r"accepted batch of the lake: remove those rows.*dataset\.duplicate_ids: keep_last.*"
+        r"column loan_id: 'L001\d{6}' is in batch 2025-01; 'L001\d{6}' is in batch 2025-01",
+    ),
     ("empty file", lambda h: b"", BatchRejected, r"2025-04\.csv.*empty \(0 bytes\).*re-export"),
     (
         "header only",
@@ -205,7 +242,10 @@ CSV_CASES: list[tuple[str, Callable[[Home], bytes], type[Exception], str]] = [
     ),
     (
         "values the quality gate forbids",
-        lambda h: csv_bytes(month(h).assign(age=lambda f: f["age"].where(f.index % 10 != 0, -1))),
+        # by id, so that both copies of a record delivered twice stay the same record
+        lambda h: csv_bytes(
+            month(h).assign(age=lambda f: f["age"].where(~f["loan_id"].str.endswith("0"), -1))
+        ),
         QualityGateFailed,
         r"data-quality gate failed.*expect_column_values_to_be_between on column age \[critical\].*"
         r"quarantined to",
@@ -330,13 +370,14 @@ def test_malformed_batch_key_is_refused(home: Home, batch: str) -> None:
     )
 
 
-def test_extra_column_is_dropped_with_a_warning_and_the_schema_kept(home: Home) -> None:
-    """An unexpected column never enters the lake: the batch is accepted with the configured columns only."""
+def test_extra_column_is_dropped_with_a_warning_when_configured(home: Home) -> None:
+    """With ``dataset.extra_columns: drop`` the batch is accepted with the configured columns only."""
     batch = "2025-05"
     landed = home.paths.landing / "loans" / f"{batch}.csv"
     landed.write_bytes(csv_bytes(month(home, 5).assign(promo_code="X1")))
-    with case("bad_input", "extra unexpected column", home):
-        done = steps.ingest_batch(home.config, home.paths, batch)
+    dropping = with_dataset(home.config, extra_columns="drop")
+    with case("bad_input", "extra unexpected column with dataset.extra_columns: drop", home):
+        done = steps.ingest_batch(dropping, home.paths, batch)
         assert any("promo_code" in w and "add them to the config" in w for w in done["warnings"]), done
         lake = steps.lake_of(home.paths)
         columns = list(lake.read("loans", [batch]).columns)
@@ -344,25 +385,33 @@ def test_extra_column_is_dropped_with_a_warning_and_the_schema_kept(home: Home) 
         assert "promo_code" not in columns
 
 
-def test_duplicate_ids_within_and_across_batches_are_dropped_and_counted(home: Home) -> None:
+def test_duplicate_ids_within_and_across_batches_with_keep_last(home: Home) -> None:
+    """With ``dataset.duplicate_ids: keep_last``: exact repeats and ids of other batches are dropped and counted,
+    an id repeated with other values keeps its last row, and re-ingesting changes nothing."""
     batch = "2025-06"
     fresh = month(home, 6)
     fresh = fresh.drop_duplicates("loan_id").reset_index(drop=True)
     within = fresh.sample(25, random_state=1)
+    corrected = fresh.sample(5, random_state=3).assign(age=lambda f: f["age"] + 1)
     earlier = steps.lake_of(home.paths).read("loans", ["2025-01"]).head(40)
     across = fresh.sample(40, random_state=2).assign(loan_id=earlier["loan_id"].to_numpy())
     landed = home.paths.landing / "loans" / f"{batch}.csv"
-    landed.write_bytes(csv_bytes(pd.concat([fresh, within, across], ignore_index=True)))
-    with case("bad_input", "duplicated ids within and across batches", home):
-        done = steps.ingest_batch(home.config, home.paths, batch)
-        assert done["duplicates_dropped"] == 65 and done["rows"] == len(fresh), done
+    landed.write_bytes(csv_bytes(pd.concat([fresh, within, across, corrected], ignore_index=True)))
+    keep_last = with_dataset(home.config, duplicate_ids="keep_last")
+    with case("bad_input", "duplicated ids within and across batches with keep_last", home):
+        done = steps.ingest_batch(keep_last, home.paths, batch)
+        assert done["duplicates_dropped"] == 70 and done["rows"] == len(fresh), done
         assert any("40 row(s) whose id is already in another batch" in w for w in done["warnings"]), done
-        assert any("dropped 65 duplicate id(s) in column loan_id" in w for w in done["warnings"]), done
-        stored = steps.lake_of(home.paths).read("loans", steps.lake_of(home.paths).batches("loans"))
+        assert any("dropped 5 earlier row(s) of 5 id(s) repeated" in w for w in done["warnings"]), done
+        assert any("dropped 70 duplicate id(s) in column loan_id" in w for w in done["warnings"]), done
+        lake = steps.lake_of(home.paths)
+        stored = lake.read("loans", lake.batches("loans"))
         assert stored["loan_id"].is_unique
+        ages = lake.read("loans", [batch]).set_index("loan_id").loc[corrected["loan_id"], "age"]
+        assert ages.tolist() == corrected["age"].astype(float).tolist()
     with case("bad_input", "re-ingesting the deduplicated batch changes nothing", home):
         before = snapshot(home)
-        assert steps.ingest_batch(home.config, home.paths, batch)["sha256"] == done["sha256"]
+        assert steps.ingest_batch(keep_last, home.paths, batch)["sha256"] == done["sha256"]
         assert_untouched(before, snapshot(home))
 
 

@@ -39,14 +39,17 @@ def test_better_challenger_is_promoted_worse_is_not() -> None:
     assert "min_improvement" in worse.reason
 
 
-def test_noisy_tie_is_not_promoted() -> None:
-    noisy = np.clip(GOOD + RNG.normal(0, 0.02, len(GOOD)), 0, 1)
-    decision = decide(Y, noisy, GOOD, GateConfig(min_improvement=0.0, bootstrap_lower_bound=0.0), "1")
+def test_noisy_tie_is_not_promoted_with_the_default_gate() -> None:
+    noisy = np.clip(GOOD + np.random.default_rng(0).normal(0, 0.02, len(GOOD)), 0, 1)
+    decision = decide(Y, noisy, GOOD, GateConfig(), "1")
     assert not decision.promote
-    assert {rule.name for rule in decision.rules if not rule.passed} & {
-        "bootstrap_auc_diff_p05",
-        "min_improvement",
-    }
+    rules = {rule.name: rule for rule in decision.rules}
+    # Its AUC is a hair above the champion's: only the bootstrap's lower bound tells the tie apart.
+    assert rules["min_improvement"].passed and 0 < rules["min_improvement"].value < 0.001
+    assert not rules["bootstrap_auc_diff_p05"].passed
+    assert "bootstrap_auc_diff_p05" in decision.reason and "(needs > 0)" in decision.reason
+    # The former default bound (-0.005) promoted this tie.
+    assert decide(Y, noisy, GOOD, GateConfig(bootstrap_lower_bound=-0.005), "1").promote
 
 
 def test_a_slice_much_worse_than_the_champion_blocks_promotion() -> None:

@@ -6,8 +6,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from ml import demo_data
 from ml.demo_data import Scenario, generate_month
-from ml.ingest import BatchRejected, clean_batch, landing_path, read_source
+from ml.ingest import BatchRejected, clean_batch, landing_path, read_source, readable_rows
 
 pytestmark = pytest.mark.fast
 BATCH = "2025-01"
@@ -33,11 +34,104 @@ def test_clean_month_passes_and_drops_duplicates(config, tmp_path: Path, month: 
     assert set(clean.frame["defaulted"].unique()) <= {0, 1}
 
 
-def test_ids_already_in_the_lake_are_dropped(config, tmp_path: Path, month: pd.DataFrame) -> None:
+def _with_dataset(config: Any, **changes: Any) -> Any:
+    return config.model_copy(update={"dataset": config.dataset.model_copy(update=changes)})
+
+
+def test_ids_already_in_another_batch_are_refused_by_default(
+    config, tmp_path: Path, month: pd.DataFrame
+) -> None:
+    source = _csv(tmp_path, month)
+    known = set(month["loan_id"].iloc[[4, 7]])
+    with pytest.raises(BatchRejected) as raised:
+        clean_batch(config, read_source(source, "csv"), BATCH, source, known)
+    first, second = month["loan_id"].iloc[4], month["loan_id"].iloc[7]
+    assert (
+        f"column loan_id: 2 id(s): {first!r} at row(s) 5; {second!r} at row(s) 8 already in another accepted "
+        "batch of the lake: remove those rows from the export (a record is ingested once), or set "
+        "dataset.duplicate_ids: keep_last to drop them from this batch"
+    ) in str(raised.value)
+    assert raised.value.ids_elsewhere == [first, second]
+
+
+def test_keep_last_drops_this_batchs_rows_whose_id_another_batch_holds(
+    config, tmp_path: Path, month: pd.DataFrame
+) -> None:
     source = _csv(tmp_path, month)
     known = set(month["loan_id"].head(10))
-    clean = clean_batch(config, read_source(source, "csv"), BATCH, source, known)
+    keep_last = _with_dataset(config, duplicate_ids="keep_last")
+    clean = clean_batch(keep_last, read_source(source, "csv"), BATCH, source, known)
     assert not clean.frame["loan_id"].isin(known).any()
+    assert len(clean.frame) == month["loan_id"].nunique() - 10
+    assert "dropped 10 row(s) whose id is already in another batch of the lake" in clean.warnings
+
+
+def _conflicting(month: pd.DataFrame) -> pd.DataFrame:
+    """Month with row 3's id given to row 10 too, whose values differ (a correction re-sent in the file)."""
+    changed = month.copy()
+    changed.loc[9, "loan_id"] = changed.loc[2, "loan_id"]
+    changed.loc[9, "age"] = 77
+    return changed
+
+
+def test_same_id_with_different_values_is_refused_naming_id_and_rows(
+    config, tmp_path: Path, month: pd.DataFrame
+) -> None:
+    changed = _conflicting(month)
+    source = _csv(tmp_path, changed)
+    with pytest.raises(BatchRejected) as raised:
+        clean_batch(config, read_source(source, "csv"), BATCH, source)
+    assert (
+        f"column loan_id: 1 id(s): {changed.loc[2, 'loan_id']!r} at row(s) 3, 10 with different values: fix the "
+        "export so each id has one row, or set dataset.duplicate_ids: keep_last to keep each id's last row"
+    ) in str(raised.value)
+    assert str(source) in str(raised.value)
+
+
+def test_keep_last_keeps_the_last_row_of_an_id(config, tmp_path: Path, month: pd.DataFrame) -> None:
+    changed = _conflicting(month)
+    source = _csv(tmp_path, changed)
+    keep_last = _with_dataset(config, duplicate_ids="keep_last")
+    clean = clean_batch(keep_last, read_source(source, "csv"), BATCH, source)
+    kept = clean.frame[clean.frame["loan_id"] == changed.loc[2, "loan_id"]]
+    assert kept["age"].tolist() == [77.0]
+    assert clean.frame["loan_id"].is_unique
+    exact = len(month) - month["loan_id"].nunique()
+    assert clean.duplicates_dropped == exact + 1
+    assert any(
+        "dropped 1 earlier row(s) of 1 id(s) repeated with different values" in w for w in clean.warnings
+    )
+
+
+def test_exact_duplicate_rows_are_dropped_whatever_the_policy(
+    config, tmp_path: Path, month: pd.DataFrame
+) -> None:
+    source = _csv(tmp_path, pd.concat([month, month.head(5)], ignore_index=True))
+    clean = clean_batch(config, read_source(source, "csv"), BATCH, source)
+    assert clean.frame["loan_id"].is_unique
+    assert clean.duplicates_dropped == len(month) + 5 - month["loan_id"].nunique()
+
+
+def test_reingesting_with_the_batchs_own_ids_unknown_is_idempotent(
+    config, tmp_path: Path, month: pd.DataFrame
+) -> None:
+    """The caller leaves the batch's own partition out of ``known_ids``: a re-run gives the same rows."""
+    source = _csv(tmp_path, month)
+    first = clean_batch(config, read_source(source, "csv"), BATCH, source, set())
+    again = clean_batch(config, read_source(source, "csv"), BATCH, source, {"L999999999"})
+    pd.testing.assert_frame_equal(first.frame, again.frame)
+
+
+@pytest.mark.parametrize("month_number", range(1, 13))
+def test_demo_months_hold_only_exact_duplicates_and_no_other_months_ids(month_number: int) -> None:
+    """The demo's batches pass the default policies (its incident month is refused for its missing column)."""
+    scenario = Scenario()
+    frame = generate_month(scenario, month_number)
+    schema = {demo_data.ID_COLUMN, demo_data.TIME_COLUMN, demo_data.TARGET}
+    assert set(frame.columns) <= schema | {*demo_data.NUMERIC_FEATURES, *demo_data.CATEGORICAL_FEATURES}
+    if month_number not in scenario.incident_months:
+        assert frame.drop_duplicates()["loan_id"].is_unique
+    assert frame["loan_id"].str[1:4].astype(int).eq(month_number).all()
 
 
 def test_missing_column_names_it_and_the_fix(config, tmp_path: Path, month: pd.DataFrame) -> None:
@@ -84,11 +178,38 @@ def test_all_null_column_is_refused(config, tmp_path: Path, month: pd.DataFrame)
         clean_batch(config, read_source(source, "csv"), BATCH, source)
 
 
-def test_extra_column_is_dropped_with_a_warning(config, tmp_path: Path, month: pd.DataFrame) -> None:
+def test_extra_column_is_refused_by_default(config, tmp_path: Path, month: pd.DataFrame) -> None:
+    source = _csv(tmp_path, month.assign(surprise=1, other="x"))
+    with pytest.raises(BatchRejected) as raised:
+        clean_batch(config, read_source(source, "csv"), BATCH, source)
+    assert str(raised.value) == (
+        f"{source}: batch rejected:\n  - unexpected column(s) surprise, other: add them to "
+        "dataset.numeric_features or dataset.categorical_features, or set dataset.extra_columns: drop to "
+        "ignore them"
+    )
+
+
+def test_extra_column_is_dropped_with_a_warning_when_configured(
+    config, tmp_path: Path, month: pd.DataFrame
+) -> None:
     source = _csv(tmp_path, month.assign(surprise=1))
-    clean = clean_batch(config, read_source(source, "csv"), BATCH, source)
+    dropping = _with_dataset(config, extra_columns="drop")
+    clean = clean_batch(dropping, read_source(source, "csv"), BATCH, source)
     assert "surprise" not in clean.frame.columns
     assert any("surprise" in w for w in clean.warnings)
+
+
+def test_readable_rows_keep_what_parses_and_leave_missing_columns_missing(
+    config, month: pd.DataFrame
+) -> None:
+    broken = pd.concat([month, month.head(3)], ignore_index=True).drop(columns=["interest_rate"])
+    broken = broken.astype({"age": "object"})
+    broken.loc[10, "age"] = "forty"
+    rows = readable_rows(config, broken, BATCH, whole_file=True)
+    assert "interest_rate" not in rows.columns
+    assert len(rows) == len(month.drop_duplicates())
+    assert pd.isna(rows.loc[10, "age"]) and rows["age"].dtype == "float64"
+    assert rows["applied_at"].dtype == "datetime64[us]"
 
 
 def test_too_many_rows_are_refused(config, tmp_path: Path, month: pd.DataFrame) -> None:

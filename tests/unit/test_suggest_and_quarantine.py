@@ -59,6 +59,35 @@ def test_suggested_suite_passes_clean_and_fails_each_corruption(
         assert not quality.validate(broken, out).passed, kind
 
 
+def test_suggested_suite_checks_each_columns_type(config, paths, lake_with_three_months, tmp_path) -> None:
+    """Numbers, times and the target keep their kind of type (text columns cannot: see ``_suggested_types``)."""
+    batches = [lake_with_three_months.batch_key(m) for m in (1, 2, 3)]
+    suite = steps.suggest_expectations(config, paths, batches)
+    typed = {
+        e["kwargs"]["column"]: e
+        for e in suite["expectations"]
+        if e["type"] == "expect_column_values_to_be_in_type_list"
+    }
+    dataset = config.dataset
+    assert set(typed) == {*dataset.numeric_features, dataset.time_column, dataset.target}
+    assert all(e["severity"] == "critical" for e in typed.values())
+    assert {"float64", "DoubleType"} <= set(typed["age"]["kwargs"]["type_list"])
+    assert {"datetime64[us]", "TimestampNTZType"} <= set(typed[dataset.time_column]["kwargs"]["type_list"])
+    out = tmp_path / "suggested.json"
+    out.write_text(json.dumps(suite))
+
+    lake = steps.lake_of(paths)
+    clean = lake.read("loans", batches[-1:])
+    assert quality.validate(clean, out).passed
+    as_text = clean.assign(age=clean["age"].map(lambda v: f"{v:.0f} years"))
+    time_as_text = clean.assign(**{dataset.time_column: clean[dataset.time_column].astype(str)})
+    for column, broken in {"age": as_text, dataset.time_column: time_as_text}.items():
+        result = quality.validate(broken, out)
+        assert ("expect_column_values_to_be_in_type_list", column) in {
+            (f.expectation, f.column) for f in result.critical
+        }, column
+
+
 def test_quarantine_list_release_drop(config, paths, scenario, capsys):
     demo_data.write_landing(scenario, paths.landing / "loans")
     incident = scenario.batch_key(5)
