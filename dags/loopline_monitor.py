@@ -2,13 +2,15 @@
 
 Scheduled on the ``loopline_lake`` Asset: it runs once per accepted batch (or once for several batches that
 landed together). ``monitor`` computes per-feature and prediction-score drift against the reference profile
-saved with the champion and writes an HTML and JSON report under $LOOPLINE_HOME/reports/drift. ``alert``
-sends drift alerts through the DriftAlertNotifier (alert log, webhook, email; repeats within the cooldown are
-grouped). ``monitor_live`` does the same for the live traffic that ``loopline serve`` captured in each
-batch's time window (feature and prediction drift vs the same reference, realised AUC and calibration once
-labels joined; ``no_traffic`` when nothing was captured); live drift alerts but never retrains.
-``request_retrain`` emits the ``loopline_retrain_request`` Asset event that schedules loopline_train
-when the policy allows (severity, cooldown, pause); otherwise it is skipped and emits nothing.
+saved with the champion and writes an HTML and JSON report under $LOOPLINE_HOME/reports/drift.
+``monitor_live`` does the same for the live traffic that ``loopline serve`` captured in each batch's time
+window (feature and prediction drift vs the same reference, realised AUC and calibration once labels joined;
+``no_traffic`` when nothing was captured); live drift alerts but never retrains. ``request_retrain`` emits the
+``loopline_retrain_request`` Asset event that schedules loopline_train when the policy allows (severity,
+cooldown, rate limit, pause); otherwise it is skipped and emits nothing. ``alert`` runs after it and sends drift
+alerts through the DriftAlertNotifier (alert log, webhook, email; repeats within the cooldown are grouped),
+each naming what was done: the retrain request's time and where its loopline_train run appears, or the
+policy's reason for not retraining.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ import pendulum
 from airflow.sdk import dag, task
 
 from loopline_airflow.assets import LAKE, RETRAIN_REQUEST
-
-RETRAIN_ACTION = f"retrain requested (asset {RETRAIN_REQUEST.name} -> loopline_train)"
 
 
 @dag(
@@ -65,19 +65,30 @@ def loopline_monitor() -> None:
         return found
 
     @task(trigger_rule="all_done")
-    def alert(results: list[dict] | None, live: list[dict] | None, **context) -> list[dict]:  # noqa: ANN003
+    def alert(
+        results: list[dict] | None,
+        live: list[dict] | None,
+        requested: dict | None,
+        **context,  # noqa: ANN003
+    ) -> list[dict]:
         """One alert per drifted batch or live window; the same condition within the cooldown is grouped.
 
-        Runs when either monitor fails too, so a failing live check never holds back a batch's alert.
+        Runs after ``request_retrain`` (``requested``: its request, None when it emitted none), and when a
+        monitor or the request fails too, so a failing live check never holds back a batch's alert.
         """
+        from airflow.sdk.configuration import conf
+
         from loopline_airflow.notifiers import DriftAlertNotifier
         from loopline_airflow.runtime import setup
         from ml import alerts
 
         config, paths = setup()
+        airflow_url = conf.get("api", "base_url", fallback="http://localhost:8080").rstrip("/")
+        train_runs = f"{airflow_url}/dags/loopline_train/runs"
         sent = []
         for result in [*(results or []), *(live or [])]:
-            found = alerts.for_result(config, paths.alert_log, result, RETRAIN_ACTION)
+            action = alerts.retrain_action(result, requested, train_runs)
+            found = alerts.for_result(config, paths.alert_log, result, action)
             if found is None:
                 continue
             document, grouped = found
@@ -104,8 +115,7 @@ def loopline_monitor() -> None:
         return extra
 
     results = monitor()
-    alert(results, monitor_live())
-    request_retrain(results)
+    alert(results, monitor_live(), request_retrain(results))
 
 
 loopline_monitor()

@@ -14,6 +14,12 @@ Runs when drift emits a ``loopline_retrain_request`` Asset event, or from the tr
 5. ``promote``: moves the ``champion`` alias only if the gate passed, the ``promote`` param is on, and the
    champion is still the one evaluated against.
 
+Every task retries (``RETRIES``: 3 times, exponential backoff from 15 s, capped at 5 min), so an MLflow server
+that is down for a few minutes during training or promotion delays the run instead of failing it. Data errors
+(quality gate, training data) and a champion that moved since the evaluation fail at once (``no_retry_on``). A
+retried ``promote`` is safe: ``ml.registry.promote`` completes a move the failed try left half-done and never
+moves the alias twice. The human ``approval`` never retries (a retry would ask again).
+
 With ``promotion.require_approval: true`` in the config, ``needs_review`` and ``approval`` (an
 ApprovalOperator showing the gate report) stand before ``promote``: Approve promotes, Reject (or no answer
 within ``promotion.approval_timeout_hours``) keeps the champion; ``record_review`` tags the version.
@@ -39,6 +45,13 @@ from ml.dag_settings import dag_settings
 
 SETTINGS = dag_settings()
 APPROVAL = SETTINGS.require_approval
+# Tries after the first, ~15-30 s, 30-60 s, 1-2 min apart (Airflow adds jitter): about 4 minutes of MLflow outage.
+RETRIES = {
+    "retries": 3,
+    "retry_delay": pendulum.duration(seconds=15),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": pendulum.duration(minutes=5),
+}
 REVIEW_BODY = """
 ### Gate report
 
@@ -61,7 +74,7 @@ Approve moves the `champion` alias to v{{ t['version'] }}; Reject keeps the cham
     schedule=[RETRAIN_REQUEST],
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
-    default_args={"retry_delay": pendulum.duration(seconds=15)},
+    default_args=RETRIES,
     max_active_runs=1,
     tags=["loopline", "training"],
     doc_md=__doc__,
@@ -118,7 +131,7 @@ def loopline_train() -> None:
         config, paths = setup()
         return no_retry_on(QualityGateFailed)(steps.validate_window)(config, paths, window["batches"])
 
-    @task(retries=1)
+    @task
     def train(window: dict, quality: dict, **context) -> dict:  # noqa: ANN003
         """Fit, log to MLflow and register the challenger."""
         from loopline_airflow.runtime import no_retry_on, setup
@@ -143,7 +156,7 @@ def loopline_train() -> None:
             config, paths, window["batches"], overrides, quality, run_name, tags
         )
 
-    @task(retries=1)
+    @task
     def evaluate(window: dict, challenger: dict) -> dict:
         """Challenger vs champion on the same holdout; the gate's verdict."""
         from loopline_airflow.runtime import setup
@@ -155,8 +168,9 @@ def loopline_train() -> None:
     @task
     def promote(challenger: dict, evaluation: dict, **context) -> dict:  # noqa: ANN003
         """Move the champion alias when the gate passed and promotion is on."""
-        from loopline_airflow.runtime import setup
+        from loopline_airflow.runtime import no_retry_on, setup
         from ml import steps
+        from ml.registry import PromotionConflict
 
         config, paths = setup()
         dag_run = context["dag_run"]
@@ -164,7 +178,7 @@ def loopline_train() -> None:
         review = context["ti"].xcom_pull(task_ids="approval", key="review") if APPROVAL else None
         if review:
             actor += f" approved by {reviewer_of(review)}"
-        return steps.promote_challenger(
+        return no_retry_on(PromotionConflict)(steps.promote_challenger)(
             config,
             paths,
             challenger["version"],
@@ -195,6 +209,7 @@ def loopline_train() -> None:
         subject="Promote {{ dag.dag_id }} challenger v{{ ti.xcom_pull(task_ids='train')['version'] }} to champion?",
         body=REVIEW_BODY,
         response_timeout=timedelta(hours=SETTINGS.approval_timeout_hours),
+        retries=0,
     )
 
     @task(trigger_rule="all_done")

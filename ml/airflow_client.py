@@ -2,12 +2,63 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import requests
 
+from ml.config import Paths
+
 TERMINAL = {"success", "failed"}
+DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_USER = "admin"
+ENV_URL, ENV_USER, ENV_PASSWORD = "LOOPLINE_AIRFLOW_URL", "LOOPLINE_AIRFLOW_USER", "LOOPLINE_AIRFLOW_PASSWORD"
+
+
+class AirflowUnreachable(ConnectionError):
+    """Nothing answers at the Airflow API server's URL (the message names it)."""
+
+
+class AirflowLoginFailed(PermissionError):
+    """The API server refused the login."""
+
+
+def endpoint_file(paths: Paths) -> Path:
+    """Where ``loopline up`` records the URL of the Airflow it started (``record_endpoint``)."""
+    return paths.state / "airflow_endpoint.json"
+
+
+def record_endpoint(paths: Paths, url: str, username: str) -> None:
+    """Remember the started Airflow's URL and user, so that later commands find it (no secret is written)."""
+    from ml.lake import atomic_write_json
+
+    atomic_write_json(endpoint_file(paths), {"url": url, "username": username})
+
+
+def login_settings(paths: Paths, url: str | None = None) -> tuple[str, str, str]:
+    """(URL, user, password) of the Airflow API server for the CLI.
+
+    URL: ``url``, else ``$LOOPLINE_AIRFLOW_URL``, else the one ``loopline up`` recorded, else 127.0.0.1:8080.
+    User: ``$LOOPLINE_AIRFLOW_USER``, else the recorded one, else admin. Password: ``$LOOPLINE_AIRFLOW_PASSWORD``,
+    else the one the home's own Airflow keeps (read only); ``ValueError`` when neither exists.
+    """
+    file = endpoint_file(paths)
+    recorded = json.loads(file.read_text()) if file.is_file() else {}
+    base_url = url or os.environ.get(ENV_URL) or recorded.get("url") or DEFAULT_URL
+    username = os.environ.get(ENV_USER) or recorded.get("username") or DEFAULT_USER
+    password = os.environ.get(ENV_PASSWORD)
+    kept = paths.airflow_home / "simple_auth_manager_passwords.json"  # ml.stack.airflow_password's file
+    if password is None and kept.is_file():
+        password = json.loads(kept.read_text()).get(username)
+    if password is None:
+        raise ValueError(
+            f"no password for the Airflow user {username} at {base_url}: set ${ENV_PASSWORD} "
+            "(the embedded profile's own is found under LOOPLINE_HOME)"
+        )
+    return base_url.rstrip("/"), username, password
 
 
 class AirflowClient:
@@ -16,12 +67,18 @@ class AirflowClient:
     def __init__(self, base_url: str, username: str, password: str) -> None:
         self.base_url = base_url.rstrip("/")
         self.session = requests.Session()
-        response = self.session.post(
-            f"{self.base_url}/auth/token", json={"username": username, "password": password}, timeout=30
-        )
+        try:
+            response = self.session.post(
+                f"{self.base_url}/auth/token", json={"username": username, "password": password}, timeout=30
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise AirflowUnreachable(
+                f"the Airflow API server at {self.base_url} is not reachable ({type(exc).__name__})"
+            ) from exc
         if response.status_code not in (200, 201):
-            raise RuntimeError(
-                f"Airflow login as {username} failed: HTTP {response.status_code} {response.text[:200]}"
+            raise AirflowLoginFailed(
+                f"Airflow login as {username} at {self.base_url} failed: HTTP {response.status_code} "
+                f"{response.text[:200]}"
             )
         self.session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
 
@@ -67,12 +124,17 @@ class AirflowClient:
         self._call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
 
     def trigger(
-        self, dag_id: str, conf: dict[str, Any] | None = None, logical_date: str | None = None
+        self,
+        dag_id: str,
+        conf: dict[str, Any] | None = None,
+        logical_date: str | None = None,
+        note: str | None = None,
     ) -> str:
-        """Create a manual run; returns its run_id."""
-        run = self._call(
-            "POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": logical_date, "conf": conf or {}}
-        )
+        """Create a manual run (``note`` shows on the run in the UI); returns its run_id."""
+        body: dict[str, Any] = {"logical_date": logical_date, "conf": conf or {}}
+        if note:
+            body["note"] = note
+        run = self._call("POST", f"/dags/{dag_id}/dagRuns", json=body)
         return str(run["dag_run_id"])
 
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:

@@ -3,10 +3,13 @@
 An alert names the dataset, the batch, the severity, the top drifted features with their scores, the action
 the platform took, where the report is and which runbook section applies. Every alert is appended to
 ``$LOOPLINE_HOME/state/alerts.jsonl``; a repeat of the same condition within the cooldown is marked grouped.
+On-call acknowledges an alert by its id (``loopline alerts ack``); acknowledgements are appended to
+``alert_acks.jsonl`` beside the alert log. Neither file is ever rewritten.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import smtplib
@@ -39,16 +42,19 @@ def build_alert(
     champion_version: str | None,
 ) -> dict[str, Any]:
     """The alert document: the same fields go to the log, the webhook and the email."""
+    at = datetime.now(UTC).isoformat(timespec="seconds")
+    identifier = _derived_id(at, dataset, batch, severity)
     features = ", ".join(f"{f['column']} (PSI {f['psi']:.2f})" for f in top_features) or "none"
     title = f"[{severity.upper()}] drift in {dataset} batch {batch}"
     text = (
         f"{title}\nTop drifted features: {features}\n"
         + (f"Prediction score PSI: {score_psi:.2f}\n" if score_psi is not None else "")
         + f"Champion: {model} v{champion_version}\nAction taken: {action}\nReport: {report}\n"
-        f"Runbook: {runbook}#responding-to-a-drift-alert"
+        f"Runbook: {runbook}#responding-to-a-drift-alert\nAcknowledge: loopline alerts ack {identifier}"
     )
     return {
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "id": identifier,
+        "at": at,
         "dataset": dataset,
         "batch": batch,
         "severity": severity,
@@ -93,6 +99,23 @@ def for_result(
     return document, is_repeat(alert_log, document, result.get("recent_batches", []))
 
 
+def retrain_action(result: dict[str, Any], request: dict[str, Any] | None, train_runs_url: str) -> str:
+    """The alert's action line for a monitor result: the retrain request this monitor run emitted, or why none.
+
+    ``request`` is what ``request_retrain`` returned (``policy.record_request``'s entry: ``batch``,
+    ``requested_at``), None when it emitted nothing. The loopline_train run that the request's Asset event
+    schedules gets its id only after the event, so the line links to that DAG's runs (``train_runs_url``).
+    """
+    if not result.get("retrain"):
+        return str(result["reason"])
+    if request is None:
+        return "retrain wanted, but no request was emitted (the request_retrain task did not succeed)"
+    line = f"retrain requested at {request['requested_at']}"
+    if request["batch"] != result["batch"]:
+        line += f" for batch {request['batch']}, the newest of this monitor run"
+    return f"{line}: see {train_runs_url}"
+
+
 def is_repeat(alert_log: Path, alert: dict[str, Any], recent_batches: list[str]) -> bool:
     """True when an alert of the same severity and features was already sent for one of ``recent_batches``."""
     if not alert_log.is_file():
@@ -112,9 +135,95 @@ def is_repeat(alert_log: Path, alert: dict[str, Any], recent_batches: list[str])
 
 def append_to_log(alert_log: Path, alert: dict[str, Any]) -> None:
     """Append one alert as a JSON line (the log is never rewritten)."""
-    alert_log.parent.mkdir(parents=True, exist_ok=True)
-    with alert_log.open("a") as handle:
-        handle.write(json.dumps(alert, default=str) + "\n")
+    _append_line(alert_log, alert)
+
+
+def _append_line(file: Path, document: dict[str, Any]) -> None:
+    """Append ``document`` as one JSON line in a single ``O_APPEND`` write, then fsync.
+
+    One write per line: concurrent appenders never interleave, and a crash leaves whole lines only.
+    """
+    file.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(document, default=str) + "\n").encode()
+    descriptor = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(descriptor, line)
+        if written != len(line):
+            raise OSError(f"short write to {file}: {written} of {len(line)} bytes")
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _read_lines(file: Path) -> list[dict[str, Any]]:
+    if not file.is_file():
+        return []
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+
+
+def _derived_id(at: str, dataset: str, batch: str, severity: str) -> str:
+    return hashlib.sha256("\0".join((at, dataset, batch, severity)).encode()).hexdigest()[:10]
+
+
+def alert_id(alert: dict[str, Any]) -> str:
+    """The alert's short id: the one it was logged with, or (logged before alerts had ids) derived the same way."""
+    if alert.get("id"):
+        return str(alert["id"])
+    return _derived_id(str(alert["at"]), str(alert["dataset"]), str(alert["batch"]), str(alert["severity"]))
+
+
+def acks_file(alert_log: Path) -> Path:
+    """The append-only log of acknowledgements, beside the alert log."""
+    return alert_log.with_name("alert_acks.jsonl")
+
+
+def acknowledge(alert_log: Path, identifier: str, by: str, note: str | None = None) -> dict[str, Any]:
+    """Record that ``by`` acknowledged the alert ``identifier``; returns the record.
+
+    Raises ``ValueError`` when no logged alert has that id. Acknowledging again adds a record (the newest counts).
+    """
+    if identifier not in {alert_id(alert) for alert in _read_lines(alert_log)}:
+        raise ValueError(
+            f"no alert with id {identifier!r} in {alert_log} (`loopline alerts list` shows the ids)"
+        )
+    record = {"id": identifier, "at": datetime.now(UTC).isoformat(timespec="seconds"), "by": by, "note": note}
+    _append_line(acks_file(alert_log), record)
+    return record
+
+
+def logged_alerts(
+    alert_log: Path, since: datetime | None = None, unacked_only: bool = False
+) -> list[dict[str, Any]]:
+    """The logged alerts, oldest first, each with its ``id`` and ``ack`` (its newest acknowledgement, or None).
+
+    ``since`` keeps the alerts raised at or after it; ``unacked_only`` drops the acknowledged ones.
+    """
+    acks = {record["id"]: record for record in _read_lines(acks_file(alert_log))}
+    found = []
+    for alert in _read_lines(alert_log):
+        identifier = alert_id(alert)
+        if since is not None and datetime.fromisoformat(alert["at"]) < since:
+            continue
+        if unacked_only and identifier in acks:
+            continue
+        found.append({**alert, "id": identifier, "ack": acks.get(identifier)})
+    return found
+
+
+def drift_report(folder: Path, batch: str | None = None) -> tuple[Path, Path]:
+    """The (HTML, JSON) drift report of ``batch`` (a lake batch, or ``live-<batch>``) in ``folder``, or the newest
+    one written when ``batch`` is None. Raises ``FileNotFoundError`` saying what is there instead."""
+    pages = sorted(folder.rglob("*.html"), key=lambda page: page.stat().st_mtime) if folder.is_dir() else []
+    if batch is not None:
+        pages = [page for page in pages if page.stem == batch]
+    if not pages:
+        known = sorted({page.stem for page in folder.rglob("*.html")}) if folder.is_dir() else []
+        wanted = f"for batch {batch} " if batch else ""
+        raise FileNotFoundError(
+            f"no drift report {wanted}under {folder}"
+            + (f" (reports exist for: {', '.join(known)})" if known else " (no batch was monitored yet)")
+        )
+    return pages[-1], pages[-1].with_suffix(".json")
 
 
 def send_webhook(url: str, alert: dict[str, Any], timeout: float = 10.0) -> None:
@@ -259,6 +368,7 @@ def _email_facts(alert: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tup
     outcome += [("Action taken", alert["action"]), ("Report", alert["report"]), ("Runbook", alert["runbook"])]
     if alert.get("airflow_run"):
         outcome.append(("Airflow run", alert["airflow_run"]))
+    outcome.append(("Acknowledge", f"loopline alerts ack {alert_id(alert)}"))
     return identity, outcome
 
 
@@ -282,7 +392,7 @@ def _email_text(alert: dict[str, Any]) -> str:
             "",
             *facts[1],
             "",
-            _NEXT_STEP,
+            _next_step(alert),
             "",
         ]
     )
@@ -308,11 +418,12 @@ def _email_html(alert: dict[str, Any]) -> str:
     return (
         f"<html><body><h2>{escape(alert['title'])}</h2>{identity}<h3>Top drifted features</h3>"
         f"<table border='1' cellpadding='4' cellspacing='0'><tr>{header}</tr>{features}</table>"
-        f"{outcome}<p>{escape(_NEXT_STEP)}</p></body></html>"
+        f"{outcome}<p>{escape(_next_step(alert))}</p></body></html>"
     )
 
 
-_NEXT_STEP = (
-    "Next: open the report; if this is an upstream data bug, run `loopline retrain pause` before the loop "
-    "learns it. Every step is in the runbook section above."
-)
+def _next_step(alert: dict[str, Any]) -> str:
+    return (
+        f"Next: open the report (`loopline report --batch {alert['batch']}`); if this is an upstream data bug, run "
+        "`loopline retrain pause` before the loop learns it. Every step is in the runbook section above."
+    )

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from ml import profiles, registry
+    from ml.airflow_client import record_endpoint
     from ml.stack import Stack, free_port
 
     config, paths = _setup(args)
@@ -66,6 +68,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"MLflow UI:  {endpoints.mlflow_url}  ({login})")
     print(f"            experiment {config.experiment_name}, model {config.model_name}")
     print(f"Logs: {stack.log_dir}   Stop with: make down")
+    record_endpoint(paths, endpoints.airflow_url, endpoints.username)
     return 0
 
 
@@ -148,6 +151,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_retrain(args: argparse.Namespace) -> int:
     from ml import policy
 
+    if args.action is None:
+        return _request_retrain(args)
+    if args.end_batch or args.reason or args.airflow_url:
+        raise ValueError(
+            "--end-batch, --reason and --airflow-url go with a retrain now (`loopline retrain` alone)"
+        )
     _, paths = _setup(args)
     flag = policy.pause_file(paths)
     if args.action == "pause":
@@ -160,6 +169,87 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     else:
         print("paused" if flag.exists() else "active")
     return 0
+
+
+TRAIN_DAG = "loopline_train"
+
+
+def _request_retrain(args: argparse.Namespace) -> int:
+    """Trigger a loopline_train run through the Airflow REST API (a manual run: no cooldown, no pause)."""
+    import getpass
+
+    from ml.airflow_client import AirflowClient, AirflowUnreachable, login_settings
+
+    _, paths = _setup(args)
+    url, username, password = login_settings(paths, args.airflow_url)
+    try:
+        client = AirflowClient(url, username, password)
+    except AirflowUnreachable as exc:
+        raise AirflowUnreachable(
+            f"{exc}: start Airflow (`loopline up`, or the compose stack), or point --airflow-url or "
+            "$LOOPLINE_AIRFLOW_URL at its API server"
+        ) from exc
+    note = f"loopline retrain by {getpass.getuser()}: {args.reason or 'no reason given'}"
+    run_id = client.trigger(
+        TRAIN_DAG, conf={"end_batch": args.end_batch} if args.end_batch else {}, note=note
+    )
+    print(f"{TRAIN_DAG} run {run_id} requested: {url}/dags/{TRAIN_DAG}/runs/{run_id}")
+    if (client.dag(TRAIN_DAG) or {}).get("is_paused"):
+        print(f"warning: the DAG {TRAIN_DAG} is paused in Airflow: the run starts once it is unpaused")
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    import getpass
+
+    from ml import alerts
+
+    _, paths = _setup(args)
+    if args.action == "ack":
+        record = alerts.acknowledge(paths.alert_log, args.alert_id, args.by or getpass.getuser(), args.note)
+        print(f"alert {record['id']} acknowledged by {record['by']} at {record['at']}")
+        return 0
+    found = alerts.logged_alerts(paths.alert_log, since=args.since, unacked_only=args.unacked)
+    for alert in found:
+        ack = alert["ack"]
+        state = (
+            f"acked by {ack['by']} at {ack['at']}" + (f": {ack['note']}" if ack.get("note") else "")
+            if ack
+            else "UNACKED"
+        )
+        grouped = " (grouped)" if alert.get("grouped") else ""
+        print(f"{alert['id']}  {alert['at']}  {alert['title']}{grouped}  {state}")
+        print(f"    action: {alert['action']}\n    report: {alert['report']}")
+    if not found:
+        print(f"no {'unacknowledged ' if args.unacked else ''}alerts in {paths.alert_log}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ml import alerts
+
+    config, paths = _setup(args)
+    html, json_path = alerts.drift_report(paths.reports / "drift" / config.dataset.name, args.batch)
+    print(f"html: {html}\njson: {json_path}")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(html.as_uri())
+    return 0
+
+
+def _since(text: str) -> datetime:
+    """``--since``: an ISO date or time (UTC unless it says), or an age such as 30m, 12h, 7d."""
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    try:
+        if text[-1:] in units and text[:-1].isdigit():
+            return datetime.now(UTC) - timedelta(**{units[text[-1]]: int(text[:-1])})
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected e.g. 2025-08-01, 2025-08-01T09:00 or 12h"
+        ) from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
@@ -224,18 +314,35 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+CONFIG_HELP = "config file (default: $LOOPLINE_CONFIG or ./loopline.yaml)"
+
+
+class _Commands:
+    """Subcommands that all accept ``--config`` (from ``config_option``), like the top-level parser."""
+
+    def __init__(self, subparsers: Any, config_option: argparse.ArgumentParser) -> None:
+        self.subparsers = subparsers
+        self.config_option = config_option
+
+    def add(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return self.subparsers.add_parser(name, parents=[self.config_option], **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loopline", description="The retraining loop for tabular models.")
-    parser.add_argument("--config", help="config file (default: $LOOPLINE_CONFIG or ./loopline.yaml)")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--config", help=CONFIG_HELP)
+    # Every subcommand takes --config too (`loopline replay --config x.yaml`); given there, it wins.
+    config_option = argparse.ArgumentParser(add_help=False)
+    config_option.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+    commands = _Commands(parser.add_subparsers(dest="command", required=True), config_option)
 
-    demo = commands.add_parser("demo", help="run the demo loop through a real Airflow scheduler")
+    demo = commands.add("demo", help="run the demo loop through a real Airflow scheduler")
     demo.add_argument("--months", type=int, default=12)
     demo.add_argument("--rows", type=int, default=4000, help="rows per monthly batch")
     demo.add_argument("--keep-running", action="store_true", help="leave Airflow running afterwards")
     demo.set_defaults(handler=cmd_demo)
 
-    up = commands.add_parser("up", help="serve the Airflow and MLflow UIs over the state on 127.0.0.1")
+    up = commands.add("up", help="serve the Airflow and MLflow UIs over the state on 127.0.0.1")
     up.add_argument("--airflow-port", type=int, default=8080)
     up.add_argument("--mlflow-port", type=int, default=5000)
     up.add_argument(
@@ -249,30 +356,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.set_defaults(handler=cmd_up)
 
-    commands.add_parser("down", help="stop every process `up` or `demo` started").set_defaults(
-        handler=cmd_down
-    )
-    serve = commands.add_parser("serve", help="serve the champion over HTTP on 127.0.0.1 (docs/serving.md)")
+    commands.add("down", help="stop every process `up` or `demo` started").set_defaults(handler=cmd_down)
+    serve = commands.add("serve", help="serve the champion over HTTP on 127.0.0.1 (docs/serving.md)")
     serve.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int)
     serve.set_defaults(handler=cmd_serve)
-    labels = commands.add_parser("labels", help="load delayed labels and join them to captured predictions")
+    labels = commands.add("labels", help="load delayed labels and join them to captured predictions")
     labels.add_argument("action", choices=["load"])
     labels.add_argument("file", help="CSV or Parquet file with the id, label and label time columns")
     labels.add_argument("--store-url", help="prediction store (default: SQLite under LOOPLINE_HOME)")
     labels.set_defaults(handler=cmd_labels)
-    commands.add_parser("status", help="the champion, its metrics, recent gate decisions").set_defaults(
+    commands.add("status", help="the champion, its metrics, recent gate decisions").set_defaults(
         handler=cmd_status
     )
-    commands.add_parser("history", help="every move of the champion alias").set_defaults(handler=cmd_history)
-    quarantine = commands.add_parser("quarantine", help="list, release or drop batches that failed the gate")
+    commands.add("history", help="every move of the champion alias").set_defaults(handler=cmd_history)
+    quarantine = commands.add("quarantine", help="list, release or drop batches that failed the gate")
     quarantine.add_argument("action", choices=["list", "release", "drop"])
     quarantine.add_argument("batch", nargs="?", help="batch key (for release and drop)")
     quarantine.set_defaults(handler=cmd_quarantine)
-    expectations = commands.add_parser(
-        "expectations", help="suggest a Great Expectations suite from the lake"
-    )
+    expectations = commands.add("expectations", help="suggest a Great Expectations suite from the lake")
     expectations.add_argument("action", choices=["suggest"])
     expectations.add_argument(
         "--batches", help="comma-separated batch keys (default: the newest training window)"
@@ -282,18 +385,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     expectations.add_argument("--force", action="store_true", help="overwrite the config's suite file")
     expectations.set_defaults(handler=cmd_expectations)
-    replay = commands.add_parser("replay", help="backtest the loop over the landed history, batch by batch")
+    replay = commands.add("replay", help="backtest the loop over the landed history, batch by batch")
     replay.add_argument("--json", required=True, help="where to write the per-batch report")
     replay.add_argument("--plot", help="where to write the AUC-over-time plot (PNG)")
     replay.add_argument("--bootstrap", type=int, default=3, help="batches that train the first champion")
     replay.add_argument("--home", help="empty folder for the replay's own state (default: a temp folder)")
     replay.set_defaults(handler=cmd_replay)
-    rollback = commands.add_parser("rollback", help="move the champion back (previous, or --to VERSION)")
-    rollback.add_argument("--to", help="version to make champion (default: the previous champion)")
+    rollback = commands.add("rollback", help="move the champion back (previous, or --to VERSION)")
+    rollback.add_argument(
+        "--to", help="version to make champion (default: the newest earlier champion no rollback left)"
+    )
     rollback.set_defaults(handler=cmd_rollback)
-    retrain = commands.add_parser("retrain", help="pause or resume automatic (drift-triggered) retraining")
-    retrain.add_argument("action", choices=["pause", "resume", "status"])
+    retrain = commands.add(
+        "retrain", help="retrain now through Airflow, or pause/resume automatic (drift-triggered) retraining"
+    )
+    retrain.add_argument(
+        "action", nargs="?", choices=["pause", "resume", "status"], help="omit to trigger loopline_train now"
+    )
+    retrain.add_argument("--end-batch", help="last batch of the training window (default: the newest)")
+    retrain.add_argument("--reason", help="why: shown as the run's note in Airflow")
+    retrain.add_argument(
+        "--airflow-url",
+        help="Airflow API server (default: $LOOPLINE_AIRFLOW_URL, else what `loopline up` started, else "
+        "http://127.0.0.1:8080; login: $LOOPLINE_AIRFLOW_USER/$LOOPLINE_AIRFLOW_PASSWORD)",
+    )
     retrain.set_defaults(handler=cmd_retrain)
+    alerts = commands.add("alerts", help="list drift alerts with their acknowledgement, or acknowledge one")
+    alert_actions = _Commands(alerts.add_subparsers(dest="action", required=True), config_option)
+    listing = alert_actions.add("list", help="the logged alerts, oldest first")
+    listing.add_argument(
+        "--since", type=_since, help="only alerts since: 2025-08-01, 2025-08-01T09:00, 12h, 7d"
+    )
+    listing.add_argument("--unacked", action="store_true", help="only alerts nobody acknowledged")
+    ack = alert_actions.add("ack", help="acknowledge an alert by its id (`loopline alerts list`)")
+    ack.add_argument("alert_id")
+    ack.add_argument("--by", help="who acknowledges (default: your user name)")
+    ack.add_argument("--note", help="what was done")
+    alerts.set_defaults(handler=cmd_alerts)
+    report = commands.add(
+        "report", help="print (or --open) the drift report of a batch (default: the newest)"
+    )
+    report.add_argument("--batch", help="batch key, e.g. 2025-08 (live windows: live-2025-08)")
+    report.add_argument("--open", action="store_true", help="open the HTML page in a browser")
+    report.set_defaults(handler=cmd_report)
     return parser
 
 
@@ -301,7 +435,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (
+        ConfigError,
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        ConnectionError,
+        PermissionError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -30,7 +30,7 @@ from ml import demo_data
 from ml.airflow_client import AirflowClient
 from ml.config import LooplineConfig, Paths
 from ml.lake import atomic_write_json
-from ml.stack import Endpoints, Stack, free_port, start_airflow, wait_healthy
+from ml.stack import LOOPLINE_CREDENTIALS, Endpoints, Stack, free_port, start_airflow, wait_healthy
 
 DAG_IDS = ["loopline_ingest", "loopline_monitor", "loopline_score", "loopline_train"]
 _STATE_FOLDERS = (
@@ -174,8 +174,9 @@ class LiveTraffic:
         """Start ``python -m ml.serve`` under this home (stopped with the rest of the stack)."""
         port = free_port(options.serve_port)
         token = secrets.token_urlsafe(32)
+        inherited = {k: v for k, v in os.environ.items() if k not in LOOPLINE_CREDENTIALS}
         env = {
-            **os.environ,
+            **inherited,
             "LOOPLINE_HOME": str(paths.home),
             "LOOPLINE_CONFIG": str(config.config_path),
             "LOOPLINE_SERVE_TOKEN": token,

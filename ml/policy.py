@@ -65,7 +65,7 @@ def decide_retrain(
         return PolicyDecision(
             False,
             f"no retrain: rate limit ({config.drift.max_retrains} requests in {config.drift.rate_window_batches} "
-            "batches) reached; force one from the Airflow UI if needed",
+            "batches) reached; force one with `loopline retrain` if needed",
         )
     for request in reversed(history):
         if request["batch"] == result.batch:

@@ -6,9 +6,14 @@
   asyncpg for Airflow's async engine), CeleryExecutor with Redis as the broker and PostgreSQL as the result
   backend, real ``airflow celery worker`` processes, a triggerer, and an MLflow tracking server with a PostgreSQL
   backend store that also serves the artifacts: the DAG tasks reach MLflow over HTTP only. MLflow runs its
-  basic-auth app: an ``admin`` for people and a ``loopline`` user for the DAGs (passwords generated per home,
-  0600 files under ``$LOOPLINE_HOME/mlflow/auth``); the tasks get theirs from the Airflow connection
-  ``mlflow_default`` (``AIRFLOW_CONN_MLFLOW_DEFAULT``), the CLI from ``ml.registry.client_state``.
+  basic-auth app: an ``admin`` for people and a ``loopline`` user for the DAGs (0600 files under
+  ``$LOOPLINE_HOME/mlflow/auth``); the tasks get theirs from the Airflow connection ``mlflow_default``
+  (``AIRFLOW_CONN_MLFLOW_DEFAULT``), the CLI from ``ml.registry.client_state``.
+
+Credentials come from the environment (a secrets backend, or the operator's shell) when exported, with the names
+of ``docker/.env.example``: ``AIRFLOW_ADMIN_PASSWORD``, ``MLFLOW_ADMIN_PASSWORD``, ``MLFLOW_LOOPLINE_PASSWORD``,
+``MLFLOW_FLASK_SECRET_KEY``, and Airflow's own ``AIRFLOW__API_AUTH__JWT_SECRET``, ``AIRFLOW__API__SECRET_KEY``.
+Each one not exported is generated once per home. Loopline's own four never reach a process it starts.
 
 Both run every process on 127.0.0.1 through ``ml.stack.Stack`` (pids under ``$LOOPLINE_HOME/run``), so
 ``Stack(paths).stop()`` (``loopline down``) ends exactly what was started. Work scales out by starting more
@@ -30,12 +35,16 @@ import requests
 from ml.config import Paths, load_config
 from ml.stack import (
     AIRFLOW_USER,
+    ENV_MLFLOW_ADMIN_PASSWORD,
+    ENV_MLFLOW_SECRET_KEY,
+    ENV_MLFLOW_SERVICE_PASSWORD,
     Endpoints,
     Stack,
     _alive,
     _bin,
     airflow_env,
     airflow_password,
+    exported,
     migrate_airflow_db,
     secret_file,
     start_airflow,
@@ -43,6 +52,7 @@ from ml.stack import (
     start_mlflow_server,
     start_mlflow_ui,
     wait_healthy,
+    write_private,
 )
 
 PROFILES = ("embedded", "prod")
@@ -144,9 +154,10 @@ class ProdSettings:
 class MlflowAuth:
     """The basic-auth set-up of the prod profile's MLflow server, under ``$LOOPLINE_HOME/mlflow/auth``.
 
-    Every file is 0600 in a 0700 folder, generated once per home: the auth config (``basic_auth.ini``, with the
-    admin's password), the password of the ``loopline`` user the DAGs and the CLI log in as, and the Flask
-    secret key (CSRF) of the server.
+    Every file is 0600 in a 0700 folder: the auth config (``basic_auth.ini``, with the admin's password), the
+    password of the ``loopline`` user the DAGs and the CLI log in as, and the Flask secret key (CSRF) of the
+    server; each secret as exported (``MLFLOW_ADMIN_PASSWORD``, ``MLFLOW_LOOPLINE_PASSWORD``,
+    ``MLFLOW_FLASK_SECRET_KEY``), else generated once per home.
     """
 
     folder: Path
@@ -173,16 +184,21 @@ class MlflowAuth:
 def mlflow_auth(paths: Paths, database_uri: str | None = None) -> MlflowAuth:
     """Create (or read) the MLflow auth files of this home; the auth DB defaults to SQLite next to them.
 
-    ``auth_cache_ttl_seconds = 60``: without the cache every request spends ~250 ms hashing the password.
+    Exported credentials win over the files (which are rewritten to them). ``auth_cache_ttl_seconds = 60``:
+    without the cache every request spends ~250 ms hashing the password.
     """
     folder = paths.mlflow_dir / "auth"
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
+
+    def kept(name: str, variable: str, length: int) -> str:
+        return secret_file(folder / name, length, exported(variable))
+
     auth = MlflowAuth(
         folder,
-        admin_password=secret_file(folder / f"{MLFLOW_ADMIN}_password", 24),
-        service_password=secret_file(folder / f"{MLFLOW_SERVICE_USER}_password", 24),
-        secret_key=secret_file(folder / "flask_secret_key", 48),
+        admin_password=kept(f"{MLFLOW_ADMIN}_password", ENV_MLFLOW_ADMIN_PASSWORD, 24),
+        service_password=kept(f"{MLFLOW_SERVICE_USER}_password", ENV_MLFLOW_SERVICE_PASSWORD, 24),
+        secret_key=kept("flask_secret_key", ENV_MLFLOW_SECRET_KEY, 48),
     )
     settings = {
         "default_permission": "READ",
@@ -194,12 +210,7 @@ def mlflow_auth(paths: Paths, database_uri: str | None = None) -> MlflowAuth:
     }
     # configparser interpolation: a literal % is written %%
     text = "[mlflow]\n" + "".join(f"{k} = {v.replace('%', '%%')}\n" for k, v in settings.items())
-    partial = auth.config_file.with_name(auth.config_file.name + ".partial")
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-    partial.chmod(0o600)
-    partial.replace(auth.config_file)
+    write_private(auth.config_file, text)
     return auth
 
 
@@ -217,7 +228,8 @@ def ensure_service_user(mlflow_url: str, auth: MlflowAuth, timeout: float = 30) 
         return
     if created.status_code == 401:
         raise ProfileError(
-            f"the MLflow auth DB already has an admin whose password is not {auth.folder / 'admin_password'}: "
+            f"the MLflow auth DB already has an admin whose password is not {auth.folder / 'admin_password'} "
+            f"(or ${ENV_MLFLOW_ADMIN_PASSWORD}): export the admin's password as {ENV_MLFLOW_ADMIN_PASSWORD}, "
             "restore that file, or drop the auth DB (its users and permissions) and start again"
         )
     if "RESOURCE_ALREADY_EXISTS" not in created.text:

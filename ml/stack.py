@@ -29,6 +29,21 @@ from ml.config import Paths
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 AIRFLOW_USER = "admin"
+# Credentials an operator (or a secrets backend) may export; each is generated per home only when absent.
+# Airflow's own settings, passed on to its processes:
+ENV_JWT_SECRET = "AIRFLOW__API_AUTH__JWT_SECRET"
+ENV_API_SECRET_KEY = "AIRFLOW__API__SECRET_KEY"
+# Read by Loopline alone (the names of docker/.env.example), never passed on to a process it starts:
+ENV_AIRFLOW_ADMIN_PASSWORD = "AIRFLOW_ADMIN_PASSWORD"
+ENV_MLFLOW_ADMIN_PASSWORD = "MLFLOW_ADMIN_PASSWORD"
+ENV_MLFLOW_SERVICE_PASSWORD = "MLFLOW_LOOPLINE_PASSWORD"
+ENV_MLFLOW_SECRET_KEY = "MLFLOW_FLASK_SECRET_KEY"
+LOOPLINE_CREDENTIALS = (
+    ENV_AIRFLOW_ADMIN_PASSWORD,
+    ENV_MLFLOW_ADMIN_PASSWORD,
+    ENV_MLFLOW_SERVICE_PASSWORD,
+    ENV_MLFLOW_SECRET_KEY,
+)
 
 
 @dataclass(frozen=True)
@@ -62,8 +77,29 @@ def _bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def secret_file(file: Path, length: int) -> str:
-    """The secret kept in ``file``, generated (``length`` random bytes, URL-safe) and created 0600 on first use."""
+def exported(variable: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The value of ``variable`` in ``environ`` (default: this process's), None when unset or blank."""
+    value = (os.environ if environ is None else environ).get(variable, "").strip()
+    return value or None
+
+
+def write_private(file: Path, text: str) -> None:
+    """Replace ``file`` with ``text``, 0600 from its first byte."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    partial = file.with_name(file.name + ".partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    partial.replace(file)
+
+
+def secret_file(file: Path, length: int, value: str | None = None) -> str:
+    """The secret kept in ``file`` (0600): ``value`` when given (the file is rewritten to it if it differs),
+    else the one generated (``length`` random bytes, URL-safe) on first use."""
+    if value is not None:
+        if not file.exists() or file.read_text().strip() != value:
+            write_private(file, value)
+        return value
     if not file.exists():
         file.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):  # another process created it first: read theirs
@@ -73,29 +109,39 @@ def secret_file(file: Path, length: int) -> str:
     return file.read_text().strip()
 
 
-def _secret(paths: Paths, name: str, length: int) -> str:
-    return secret_file(paths.airflow_home / name, length)
+def _secret(paths: Paths, variable: str, name: str, length: int) -> str:
+    """Exported ``variable``, else the secret generated once in ``AIRFLOW_HOME/name`` (not written when exported)."""
+    return exported(variable) or secret_file(paths.airflow_home / name, length)
 
 
 def airflow_password(paths: Paths) -> str:
-    """The admin password of the embedded Airflow (generated once, kept under the home)."""
+    """The Airflow ``admin`` password: exported ``AIRFLOW_ADMIN_PASSWORD``, else generated once per home.
+
+    Either way it is kept in the simple auth manager's passwords file (0600) under the home, which Airflow reads.
+    """
     file = paths.airflow_home / "simple_auth_manager_passwords.json"
-    if not file.exists():
-        file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_text(json.dumps({AIRFLOW_USER: secrets.token_urlsafe(12)}))
-        file.chmod(0o600)
-    return str(json.loads(file.read_text())[AIRFLOW_USER])
+    chosen = exported(ENV_AIRFLOW_ADMIN_PASSWORD)
+    kept = json.loads(file.read_text()).get(AIRFLOW_USER) if file.exists() else None
+    if kept is None or (chosen is not None and chosen != kept):
+        kept = chosen or secrets.token_urlsafe(12)
+        write_private(file, json.dumps({AIRFLOW_USER: kept}))
+    return str(kept)
 
 
 def airflow_env(
     paths: Paths, config_file: Path, port: int, overrides: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The environment of every Airflow process: the embedded profile's, then ``overrides`` (another profile)."""
+    """The environment of every Airflow process: the embedded profile's, then ``overrides`` (another profile).
+
+    ``AIRFLOW__API_AUTH__JWT_SECRET`` and ``AIRFLOW__API__SECRET_KEY`` are the exported ones when set, else
+    generated once per home; the credentials only Loopline reads (``LOOPLINE_CREDENTIALS``) are not passed on.
+    """
     airflow_home = paths.airflow_home
     airflow_password(paths)
     env = dict(os.environ)
     # Authentication stays on whatever the operator's shell exports.
-    env.pop("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", None)
+    for variable in ("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", *LOOPLINE_CREDENTIALS):
+        env.pop(variable, None)
     env.update(
         {
             "LOOPLINE_HOME": str(paths.home),
@@ -120,8 +166,8 @@ def airflow_env(
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-            "AIRFLOW__API_AUTH__JWT_SECRET": _secret(paths, "jwt_secret", 48),
-            "AIRFLOW__API__SECRET_KEY": _secret(paths, "api_secret_key", 48),
+            ENV_JWT_SECRET: _secret(paths, ENV_JWT_SECRET, "jwt_secret", 48),
+            ENV_API_SECRET_KEY: _secret(paths, ENV_API_SECRET_KEY, "api_secret_key", 48),
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
             "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
@@ -288,6 +334,15 @@ def start_mlflow_ui(stack: Stack, tracking_uri: str, port: int) -> str:
     return start_mlflow_server(stack, "mlflow-ui", tracking_uri, port)
 
 
+def mlflow_allowed_hosts(port: int, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The Host headers an MLflow server on 127.0.0.1:``port`` accepts: its own addresses, then the exported
+    ``MLFLOW_SERVER_ALLOWED_HOSTS`` entries (a ``*`` there is dropped: it would switch the check off)."""
+    environ = os.environ if environ is None else environ
+    exported = [h.strip() for h in environ.get("MLFLOW_SERVER_ALLOWED_HOSTS", "").split(",")]
+    own = [f"127.0.0.1:{port}", f"localhost:{port}"]
+    return own + [h for h in exported if h and h != "*" and h not in own]
+
+
 def start_mlflow_server(
     stack: Stack,
     name: str,
@@ -303,9 +358,19 @@ def start_mlflow_server(
     clients need nothing but HTTP. With ``auth_env`` (``MLFLOW_AUTH_CONFIG_PATH``,
     ``MLFLOW_FLASK_SERVER_SECRET_KEY``) it runs MLflow's basic-auth app: every request but ``/health`` needs a
     login. The admin's name and password then come from the auth config file only, never from the shell.
+
+    Requests must name the server as ``127.0.0.1:<port>`` or ``localhost:<port>`` in their Host header (DNS
+    rebinding protection; MLflow's default also takes any private IP), plus the hosts of an exported
+    ``MLFLOW_SERVER_ALLOWED_HOSTS`` (comma-separated, e.g. a proxy's name); others get 403.
     """
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    for variable in ("MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):
+    for variable in (
+        "MLFLOW_AUTH_CONFIG_PATH",
+        "MLFLOW_AUTH_ADMIN_USERNAME",
+        "MLFLOW_AUTH_ADMIN_PASSWORD",
+        "MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE",
+        *LOOPLINE_CREDENTIALS,
+    ):
         env.pop(variable, None)
     env.update(auth_env or {})
     command = [
@@ -319,6 +384,8 @@ def start_mlflow_server(
         "1",
         "--backend-store-uri",
         backend_store_uri,
+        "--allowed-hosts",
+        ",".join(mlflow_allowed_hosts(port)),
     ]
     if auth_env is not None:
         command += ["--app-name", "basic-auth"]

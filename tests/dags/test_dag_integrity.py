@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,6 +130,40 @@ def test_require_approval_adds_the_human_review(dagbag, tmp_path, monkeypatch) -
     assert "approval" not in dagbag.dags["loopline_train"].task_dict
 
 
+MLFLOW_TASKS = ("train", "evaluate", "promote")
+
+
+def _assert_retries_with_backoff(task: Any, where: str) -> None:
+    """3 retries, each wait about twice the one before (from 15 s), none longer than a few minutes."""
+    assert task.retries == 3, where
+    assert task.retry_delay.total_seconds() == 15, where
+    assert float(task.retry_exponential_backoff) == 2.0, where  # True would mean a factor of 1 in Airflow 3.3
+    assert 60 <= task.max_retry_delay.total_seconds() <= 600, where
+
+
+def test_train_tasks_that_talk_to_mlflow_retry_with_exponential_backoff(dagbag) -> None:
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    dag = dagbag.dags["loopline_train"]
+    scheduled = DagSerialization.from_dict(DagSerialization.to_dict(dag))  # what the scheduler reads
+    for task_id in MLFLOW_TASKS:
+        _assert_retries_with_backoff(dag.get_task(task_id), task_id)
+        _assert_retries_with_backoff(scheduled.get_task(task_id), f"{task_id} (serialized)")
+    source = (ROOT / "dags" / "loopline_train.py").read_text()
+    # data errors and a champion that moved since the evaluation fail at once: a retry cannot fix them
+    for error in ("QualityGateFailed", "TrainingDataError", "PromotionConflict"):
+        assert f"no_retry_on({error})" in source, error
+
+
+def test_the_human_approval_is_never_retried(dagbag, tmp_path, monkeypatch) -> None:
+    text = _default_config_with("promotion: {require_approval: true, approval_timeout_hours: 6}\n")
+    [bag], _ = _bag_with_config(tmp_path, monkeypatch, text, "loopline_train.py")
+    dag = bag.dags["loopline_train"]
+    assert dag.get_task("approval").retries == 0
+    for task_id in (*MLFLOW_TASKS, "record_review"):
+        _assert_retries_with_backoff(dag.get_task(task_id), task_id)
+
+
 def test_train_form_fields_validate_as_before(dagbag) -> None:
     from airflow.sdk.exceptions import ParamValidationError
 
@@ -163,3 +198,11 @@ def test_a_warm_parse_never_validates_the_whole_config(dagbag, tmp_path, monkeyp
     warm = DagBag(dag_folder=str(ROOT / "dags"))
     assert warm.import_errors == {}
     assert set(warm.dag_ids) == EXPECTED
+
+
+def test_monitor_alerts_after_the_retrain_request_and_even_when_it_is_skipped(dagbag) -> None:
+    dag = dagbag.dags["loopline_monitor"]
+    alert = dag.get_task("alert")
+    assert alert.upstream_task_ids == {"monitor", "monitor_live", "request_retrain"}
+    assert alert.trigger_rule == "all_done"
+    assert dag.get_task("request_retrain").upstream_task_ids == {"monitor"}

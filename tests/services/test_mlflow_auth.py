@@ -71,6 +71,22 @@ def test_anonymous_and_wrong_logins_are_refused(server: dict[str, Any]) -> None:
         assert requests.get(url + SEARCH, auth=login, timeout=30).status_code == 200, login[0]
 
 
+def test_requests_naming_another_host_are_refused(server: dict[str, Any]) -> None:
+    """DNS rebinding: a page of evil.example (or a private IP) that resolves to 127.0.0.1 gets a 4xx, logged in
+    or not; the names the server is reached by answer."""
+    url, auth = server["url"], server["auth"]
+    port = url.rsplit(":", 1)[1]
+    login = ("admin", auth.admin_password)
+    for host in ("evil.example", f"evil.example:{port}", f"10.1.2.3:{port}", f"127.0.0.1:{int(port) + 1}"):
+        for credentials in (login, None):
+            refused = requests.get(url + SEARCH, auth=credentials, headers={"Host": host}, timeout=30)
+            assert 400 <= refused.status_code < 500, (host, refused.status_code, refused.text[:200])
+            assert "experiments" not in refused.text, host
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+        answered = requests.get(url + SEARCH, auth=login, headers={"Host": host}, timeout=30)
+        assert answered.status_code == 200, host
+
+
 def test_auth_files_are_generated_per_home_and_private(server: dict[str, Any]) -> None:
     auth: profiles.MlflowAuth = server["auth"]
     assert stat.S_IMODE(auth.folder.stat().st_mode) == 0o700

@@ -144,6 +144,8 @@ def test_drift_alert_email_says_what_on_call_needs(inbox: Inbox, tmp_path: Path,
             "/x/reports/drift/loans/2025-08.html",
             "docs/runbook.md#responding-to-a-drift-alert",
             "loopline_monitor/asset_triggered__2025-09-01T00:00:00+00:00",
+            "loopline alerts ack ",
+            "loopline report --batch 2025-08",
             "0.77",
             "1.2e-40",
             "crypto",
@@ -160,6 +162,7 @@ def test_drift_alert_email_says_what_on_call_needs(inbox: Inbox, tmp_path: Path,
     [entry] = _logged(alert_log)
     assert entry["batch"] == "2025-08" and entry["grouped"] is False
     assert entry["airflow_run"].startswith("loopline_monitor/")
+    assert f"Acknowledge: loopline alerts ack {entry['id']}" in text
 
 
 def test_smtp_server_down_keeps_the_alert_in_the_log_and_says_why(tmp_path: Path, monkeypatch) -> None:

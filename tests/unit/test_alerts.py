@@ -154,3 +154,29 @@ def test_alert_for_a_monitor_result_says_what_the_policy_did(config, paths) -> N
     )
     assert document["text"].startswith(document["title"] + "\n")
     assert alerts.for_result(config, paths.alert_log, {**result, "verdict": "no_drift"}, "unused") is None
+
+
+def test_the_action_line_says_what_this_monitor_run_did() -> None:
+    runs = "http://airflow.internal:8080/dags/loopline_train/runs"
+    request = {"batch": "2025-08", "requested_at": "2025-08-03T10:00:00+00:00", "reason": "critical drift"}
+    wanted = {
+        "batch": "2025-08",
+        "retrain": True,
+        "reason": "retrain requested: critical drift in batch 2025-08",
+    }
+    assert alerts.retrain_action(wanted, request, runs) == (
+        "retrain requested at 2025-08-03T10:00:00+00:00: see http://airflow.internal:8080/dags/loopline_train/runs"
+    )
+    older = alerts.retrain_action({**wanted, "batch": "2025-07"}, request, runs)
+    assert older.startswith("retrain requested at 2025-08-03T10:00:00+00:00 for batch 2025-08,")
+    assert older.endswith(f"see {runs}")
+    assert alerts.retrain_action(wanted, None, runs).startswith("retrain wanted, but no request was emitted")
+    for reason in (
+        "no retrain: cooldown (2 batches) after the request for batch 2025-07",
+        "no retrain: automatic retraining is paused (loopline retrain resume)",
+        "live traffic drift: alert only (retraining follows the lake batches)",
+    ):
+        assert (
+            alerts.retrain_action({"batch": "2025-08", "retrain": False, "reason": reason}, None, runs)
+            == reason
+        )
