@@ -22,6 +22,8 @@ import io
 import json
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -104,11 +106,68 @@ class Partition:
         return self.path / DATA_FILE
 
 
+FOOTER_CACHE_FILES = 256
+"""Partition files whose parsed footer a ``Lake`` keeps (a few KiB each)."""
+
+
+@dataclass(frozen=True)
+class Footer:
+    """What a partition's Parquet footer says, parsed once: its schema, rows and each column's size in memory."""
+
+    schema: pa.Schema
+    rows: int
+    memory_bytes: tuple[tuple[str, int], ...]
+    """Per column, as (name, bytes): rows x width for fixed-width types, else (text) the uncompressed Parquet
+    size plus an 8-byte offset per row."""
+
+
+def _read_footer(data_file: Path) -> Footer:
+    """Parse a Parquet file's footer into a ``Footer`` (pyarrow's metadata objects are dropped here)."""
+    meta = pq.ParquetFile(data_file).metadata
+    arrow = meta.schema.to_arrow_schema()
+    sizes: list[tuple[str, int]] = []
+    for index, name in enumerate(arrow.names):
+        try:
+            width = arrow.field(name).type.bit_width // 8
+        except ValueError:
+            width = 0
+        if width:
+            sizes.append((name, width * meta.num_rows))
+        else:
+            stored = sum(
+                meta.row_group(g).column(index).total_uncompressed_size for g in range(meta.num_row_groups)
+            )
+            sizes.append((name, stored + 8 * meta.num_rows))
+    return Footer(arrow, meta.num_rows, tuple(sizes))
+
+
 class Lake:
     """Reads and writes the partitions under one lake folder."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        # Parsed footers by data file, each with the (size, mtime_ns, inode) it was parsed at, least recently
+        # used first. pyarrow's footer objects are reference cycles freed only by the garbage collector, so a
+        # loop asking for schemas and sizes would otherwise pile them up (and parse them again every time).
+        self._footers: OrderedDict[Path, tuple[tuple[int, int, int], Footer]] = OrderedDict()
+        self._footers_lock = threading.Lock()
+
+    def footer(self, data_file: Path) -> Footer:
+        """The parsed footer of a partition's data file, parsed again only when the file changed."""
+        stat = data_file.stat()
+        signature = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        with self._footers_lock:
+            cached = self._footers.get(data_file)
+            if cached is not None and cached[0] == signature:
+                self._footers.move_to_end(data_file)
+                return cached[1]
+        parsed = _read_footer(data_file)
+        with self._footers_lock:
+            self._footers[data_file] = (signature, parsed)
+            self._footers.move_to_end(data_file)
+            while len(self._footers) > FOOTER_CACHE_FILES:
+                self._footers.popitem(last=False)
+        return parsed
 
     def partition_dir(self, table: str, batch: str) -> Path:
         return self.root / table / f"batch={batch}"
@@ -258,7 +317,7 @@ class Lake:
 
     def schema(self, table: str, batch: str) -> pa.Schema:
         """The Arrow schema of a partition (from its Parquet footer)."""
-        return pq.read_schema(self.files(table, [batch])[0])
+        return self.footer(self.files(table, [batch])[0]).schema
 
     def scan(
         self,
@@ -296,7 +355,7 @@ class Lake:
 
     def footer_rows(self, table: str, batches: Iterable[str]) -> int:
         """Rows of the given batches, from their Parquet footers (no data read, no hashing)."""
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files(table, batches))
+        return sum(self.footer(f).rows for f in self.files(table, batches))
 
     def memory_estimate(
         self, table: str, batches: Iterable[str], columns: Sequence[str] | None = None
@@ -306,28 +365,13 @@ class Lake:
         Rows x columns x bytes: fixed-width types count their width, others (text) their uncompressed Parquet
         size per row plus an 8-byte offset.
         """
-        total = 0
-        for data_file in self.files(table, batches):
-            meta = pq.ParquetFile(data_file).metadata
-            arrow = meta.schema.to_arrow_schema()
-            chosen = set(columns) if columns is not None else set(arrow.names)
-            for index, name in enumerate(arrow.names):
-                if name not in chosen:
-                    continue
-                kind = arrow.field(name).type
-                try:
-                    width = kind.bit_width // 8
-                except ValueError:
-                    width = 0
-                if width:
-                    total += width * meta.num_rows
-                else:
-                    stored = sum(
-                        meta.row_group(g).column(index).total_uncompressed_size
-                        for g in range(meta.num_row_groups)
-                    )
-                    total += stored + 8 * meta.num_rows
-        return total
+        chosen = set(columns) if columns is not None else None
+        return sum(
+            size
+            for data_file in self.files(table, batches)
+            for name, size in self.footer(data_file).memory_bytes
+            if chosen is None or name in chosen
+        )
 
     def ids_in(self, table: str, batches: Iterable[str], id_column: str) -> set[Any]:
         """The ids already stored in the given batches."""

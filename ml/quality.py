@@ -8,6 +8,7 @@ from GE's native ``severity`` or ``meta.severity``. A failed batch goes to
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -324,8 +325,9 @@ def _failure(outcome: Any) -> FailedExpectation:
     """One failed GE expectation result as a ``FailedExpectation`` (its error message when it raised)."""
     config = outcome.expectation_config
     details = outcome.result or {}
-    if outcome.exception_info and outcome.exception_info.get("raised_exception"):
-        examples: list[Any] = [str(outcome.exception_info.get("exception_message", "")).splitlines()[0][:200]]
+    message = _exception_message(outcome.exception_info)
+    if message is not None:
+        examples: list[Any] = [message]
     else:
         examples = [_plain(v) for v in details.get("partial_unexpected_list") or []][:5]
         if not examples and "observed_value" in details:
@@ -337,6 +339,22 @@ def _failure(outcome: Any) -> FailedExpectation:
         unexpected_percent=details.get("unexpected_percent"),
         examples=examples,
     )
+
+
+def _exception_message(info: Any) -> str | None:
+    """The first line of the error a GE expectation raised, None when it raised none.
+
+    GE reports an error of the expectation itself as ``{"raised_exception": True, "exception_message": ...}``
+    and errors of the metrics it needed (a missing column, say) nested, keyed by each metric's id.
+    """
+    if not isinstance(info, dict):
+        return None
+    reports = [info, *(value for value in info.values() if isinstance(value, dict))]
+    for report in reports:
+        if report.get("raised_exception"):
+            lines = str(report.get("exception_message") or "").splitlines()
+            return (lines[0] if lines else "error without a message")[:200]
+    return None
 
 
 def _plain(value: Any) -> Any:
@@ -561,6 +579,7 @@ def suggest_suite(
     }
 
 
+TYPE_LIST = "expect_column_values_to_be_in_type_list"
 STREAMABLE = frozenset(
     {
         "expect_table_row_count_to_be_between",
@@ -570,6 +589,7 @@ STREAMABLE = frozenset(
         "expect_column_values_to_be_in_set",
         "expect_column_values_to_be_unique",
         "expect_column_mean_to_be_between",
+        TYPE_LIST,
     }
 )
 """Expectation types the streaming gate evaluates itself, with Great Expectations' semantics."""
@@ -710,6 +730,10 @@ class _Check:
     examples: list[Any] = field(default_factory=list)
     total: float = 0.0
     repeats: _RepeatFinder | None = None
+    dtypes: dict[Any, int] = field(default_factory=dict)
+    """Type list: the dtypes of the record batches with present values, each with how many it had."""
+    value_checked: bool = False
+    """Type list: a record batch held Python objects, so its values were checked one by one."""
 
     @property
     def column(self) -> str | None:
@@ -736,6 +760,20 @@ class _Check:
             self.repeats.add(values)
         elif kind == "expect_column_mean_to_be_between":
             self.total += float(values.to_numpy(dtype="float64").sum())
+        elif kind == TYPE_LIST and self.kwargs.get("type_list") is not None:
+            self._types(series, values)
+
+    def _types(self, series: pd.Series, values: pd.Series) -> None:
+        """Note one record batch's dtype; on an object column check each present value, as GE's map check does
+        (a batch of missing values only, such as a column a partition lacks, has no type of its own)."""
+        if _holds_objects(series.dtype):
+            self.value_checked = True
+            accepted = _value_types(tuple(self.kwargs["type_list"]))
+            self._unexpected(
+                values, ~np.fromiter((isinstance(v, accepted) for v in values), bool, len(values))
+            )
+        elif len(values) or not self.dtypes:
+            self.dtypes[series.dtype] = self.dtypes.get(series.dtype, 0) + len(values)
 
     def _within(self, numbers: np.ndarray) -> np.ndarray:
         kw = self.kwargs
@@ -772,23 +810,80 @@ class _Check:
         if kind == "expect_column_to_exist":
             return None if column in columns else self._failure(None, [])
         if column is not None and column not in columns:
-            return self._failure(None, [f'The column "{column}" in BatchData does not exist.'])
+            return self._failure(None, [f'Error: The column "{column}" in BatchData does not exist.'])
         if kind == "expect_table_row_count_to_be_between":
             return None if self._in_range(rows) else self._failure(None, [f"observed {rows}"])
         if kind == "expect_column_mean_to_be_between":
             mean = self.total / self.elements if self.elements else None
             held = mean is not None and self._in_range(mean)
             return None if held else self._failure(None, [f"observed {mean}"])
-        share = (self.elements - self.unexpected) / self.elements if self.elements else 1.0
+        unexpected = self.unexpected
+        if kind == TYPE_LIST and kw.get("type_list") is not None:
+            window = _common_dtype(list(self.dtypes))
+            if not self.value_checked and window is not None and not _holds_objects(window):
+                held, observed = _dtype_verdict(window, tuple(kw["type_list"]))
+                return None if held else self._failure(None, [f"observed {observed}"])
+            # The window's column holds Python objects: the values of typed record batches count as their dtype.
+            refused = (d for d in self.dtypes if not _dtype_verdict(d, tuple(kw["type_list"]))[0])
+            unexpected += sum(self.dtypes[d] for d in refused)
+        share = (self.elements - unexpected) / self.elements if self.elements else 1.0
         if share >= (1.0 if kw.get("mostly") is None else kw["mostly"]):
             return None
-        return self._failure(self.unexpected / self.elements * 100, self.examples)  # GE computes it so
+        return self._failure(unexpected / self.elements * 100, self.examples)  # GE computes it so
 
     def _in_range(self, value: float) -> bool:
         return bool(self._within(np.array([value], dtype="float64"))[0])
 
     def _failure(self, percent: float | None, examples: list[Any]) -> FailedExpectation:
         return FailedExpectation(self.kind, self.column, self.severity, percent, examples)
+
+
+def _common_dtype(dtypes: list[Any]) -> Any:
+    """The dtype pandas gives a column joined from record batches of these dtypes (None for none)."""
+    if len(dtypes) <= 1:
+        return dtypes[0] if dtypes else None
+    return pd.concat([pd.Series([], dtype=dtype) for dtype in dtypes]).dtype
+
+
+def _holds_objects(dtype: Any) -> bool:
+    """Whether GE checks a column of ``dtype`` value by value for a type list (numpy ``object`` columns)."""
+    return getattr(dtype, "type", None) is np.object_
+
+
+@functools.cache
+def _dtype_verdict(dtype: Any, type_list: tuple[str, ...]) -> tuple[bool, str]:
+    """Whether GE's pandas engine accepts a column of ``dtype`` for ``type_list``, and the type it observes.
+
+    This is GE's own comparison for a column whose dtype is not ``object`` (it checks the dtype, not the values).
+    """
+    from great_expectations.expectations.core.expect_column_values_to_be_in_type_list import (
+        ExpectColumnValuesToBeInTypeList,
+    )
+
+    expectation = ExpectColumnValuesToBeInTypeList(column="column", type_list=list(type_list))
+    verdict = expectation._validate_pandas(actual_column_type=dtype, expected_types_list=list(type_list))
+    return bool(verdict["success"]), str(verdict["result"]["observed_value"])
+
+
+@functools.cache
+def _value_types(type_list: tuple[str, ...]) -> tuple[type, ...]:
+    """The Python types GE's pandas engine accepts for each value of an ``object`` column, per ``type_list``
+    (``column_values.in_type_list``: numpy scalar types, pandas types, and Python's own for "int", "str"...)."""
+    from great_expectations.expectations.type_comparison import native_type_type_map
+
+    accepted: list[type] = []
+    for name in type_list:
+        try:
+            accepted.append(np.dtype(name).type)
+        except TypeError:
+            for namespace in (pd, pd.core.dtypes.dtypes):
+                found = getattr(namespace, name, None)
+                if isinstance(found, type):
+                    accepted.append(found)
+        accepted.extend(native_type_type_map(name) or ())
+    if not accepted:
+        raise ValueError(f"No recognized numpy/python type in list: {list(type_list)}")
+    return tuple(accepted)
 
 
 def _first_batch_and_others(
@@ -836,7 +931,8 @@ def validate_stream(
 
     Every expectation of a type in ``STREAMABLE`` is counted batch by batch with GE's semantics (missing values
     ignored except by not-null, ``mostly``, every copy of a repeated value unexpected, the mean of the present
-    values) and judged once on the merged counts, so the failures equal ``validate`` on the whole window.
+    values, a type list by the dtype of the record batches, value by value in an ``object`` column) and judged
+    once on the merged counts, so the failures equal ``validate`` on the whole window.
     ``read`` (a ``ChunkReader``) is called once per column the suite checks, reading that column alone, so
     memory holds one record batch of one column; uniqueness spills hashes to a temporary folder and holds at
     most an eighth of ``budget_bytes`` (``_RepeatFinder``). ``columns`` are the window's columns (its schema).

@@ -3,8 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
+from ml import lake as lake_module
 from ml.lake import Lake, LakeError, atomic_write_bytes
 
 pytestmark = pytest.mark.fast
@@ -98,3 +100,47 @@ def test_memory_estimate_reads_only_the_footer(tmp_path: Path) -> None:
     assert lake.memory_estimate("t", ["1"], ["a"]) == 8_000
     assert lake.memory_estimate("t", ["1"], ["a", "b"]) == 12_000
     assert lake.memory_estimate("t", ["1"]) > 12_000 + 8 * 1000
+
+
+def test_footers_are_parsed_once_until_the_partition_is_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed: list[Path] = []
+
+    def counting(data_file: Path) -> lake_module.Footer:
+        parsed.append(data_file)
+        return real(data_file)
+
+    real = lake_module._read_footer
+    monkeypatch.setattr(lake_module, "_read_footer", counting)
+    lake = Lake(tmp_path)
+    lake.write("t", "2025-01", pd.DataFrame({"id": ["a", "b"], "x": [1.0, 2.0]}))
+    first = (lake.footer_rows("t", ["2025-01"]), lake.schema("t", "2025-01").names)
+    estimate = lake.memory_estimate("t", ["2025-01"], ["x"])
+    for _ in range(3):
+        assert (lake.footer_rows("t", ["2025-01"]), lake.schema("t", "2025-01").names) == first
+        assert lake.memory_estimate("t", ["2025-01"], ["x"]) == estimate == 16
+    assert first == (2, ["id", "x"]) and len(parsed) == 1  # every call after the first is a cache hit
+
+    lake.write("t", "2025-01", pd.DataFrame({"id": ["a", "b", "c"], "y": [1, 2, 3]}))  # replaced in place
+    assert lake.footer_rows("t", ["2025-01"]) == 3 and lake.schema("t", "2025-01").names == ["id", "y"]
+    assert lake.memory_estimate("t", ["2025-01"], ["y"]) == 24 and len(parsed) == 2
+
+
+def test_footer_cache_keeps_the_newest_files_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lake_module, "FOOTER_CACHE_FILES", 2)
+    lake = Lake(tmp_path)
+    for batch in ("1", "2", "3"):
+        lake.write("t", batch, pd.DataFrame({"x": [1.0]}))
+        lake.footer_rows("t", [batch])
+    assert [path.parent.name for path in lake._footers] == ["batch=2", "batch=3"]
+
+
+def test_footer_estimates_match_the_parquet_metadata(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    frame = pd.DataFrame({"n": range(1000), "text": [f"value-{i}" for i in range(1000)]})
+    lake.write("t", "1", frame)
+    meta = pq.ParquetFile(tmp_path / "t" / "batch=1" / "data.parquet").metadata
+    text_bytes = sum(meta.row_group(g).column(1).total_uncompressed_size for g in range(meta.num_row_groups))
+    assert lake.memory_estimate("t", ["1"]) == 8 * 1000 + text_bytes + 8 * 1000
+    assert lake.schema("t", "1").equals(pq.read_schema(tmp_path / "t" / "batch=1" / "data.parquet"))

@@ -56,6 +56,34 @@ def test_missing_column_fails(clean: pd.DataFrame) -> None:
     assert "interest_rate" in {f.column for f in result.critical}
 
 
+def test_an_expectation_on_a_missing_column_says_so(tmp_path: Path, clean: pd.DataFrame) -> None:
+    """GE 1.x nests a failed metric's error by metric id in ``exception_info``: its message is the example."""
+    suite = tmp_path / "ghost.json"
+    expectations = [
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "ghost"}},
+        {"type": "expect_column_mean_to_be_between", "kwargs": {"column": "ghost", "min_value": 0}},
+    ]
+    suite.write_text(json.dumps({"name": "ghost", "expectations": expectations}))
+    for result in (
+        quality.validate(clean, suite),
+        quality.validate_stream(_reader(clean, 256), list(clean.columns), suite),
+    ):
+        assert [f.examples for f in result.critical] == [
+            ['Error: The column "ghost" in BatchData does not exist.']
+        ] * 2
+    message = str(quality.QualityGateFailed("batch 2025-05", quality.validate(clean, suite)))
+    assert 'The column "ghost" in BatchData does not exist' in message
+
+
+def test_exception_messages_are_read_flat_or_nested_by_metric() -> None:
+    flat = {"raised_exception": True, "exception_message": "boom\ntraceback", "exception_traceback": "..."}
+    nested = {"MetricConfigurationID(column.mean)": {"raised_exception": True, "exception_message": "gone"}}
+    quiet = {"raised_exception": False, "exception_message": None, "exception_traceback": None}
+    assert quality._exception_message(flat) == "boom"
+    assert quality._exception_message(nested) == "gone"
+    assert quality._exception_message(quiet) is None and quality._exception_message(None) is None
+
+
 def test_unknown_expectation_type_is_refused(tmp_path: Path, clean: pd.DataFrame) -> None:
     suite = json.loads(SUITE.read_text())
     suite["expectations"].append({"type": "expect_column_to_be_nice", "kwargs": {"column": "age"}})

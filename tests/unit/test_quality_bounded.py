@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from ml import quality
@@ -202,3 +204,69 @@ def test_engine_chunks_read_only_the_asked_columns_and_fill_missing_ones(tmp_pat
     assert [list(frame.columns) for frame in frames] == [["c", "b"], ["c", "b"]]
     assert frames[1]["b"].isna().all() and frames[1]["c"].tolist() == [3.5, 4.5]
     assert list(next(iter(engine.chunks(["2025-01"], None))).columns) == ["a", "b", "c"]
+
+
+def _arrow_reader(table: pa.Table, objects: pd.DataFrame, rows: int) -> quality.ChunkReader:
+    """Record batches as ``LocalEngine.chunks`` gives them: each converted alone, so its dtype is its own (an
+    integer column with a gap comes as floats, a boolean one with a gap as objects); ``objects``' columns
+    (mixed Python values Arrow cannot hold) are sliced alongside."""
+
+    def read(columns: Sequence[str] | None) -> Iterator[pd.DataFrame]:
+        names = list(columns or [*table.column_names, *objects.columns])
+        stored = [name for name in names if name in table.column_names]
+        start = 0
+        for batch in table.select(stored).to_batches(max_chunksize=rows):
+            part = objects.iloc[start : start + batch.num_rows].reset_index(drop=True)
+            start += batch.num_rows
+            yield pd.concat([batch.to_pandas(), part], axis=1)[names]
+
+    return read
+
+
+@pytest.mark.fast
+def test_streamed_type_checks_equal_ge_on_the_whole_frame(tmp_path: Path) -> None:
+    """Per record batch dtype checks give GE's whole-window verdict, observed type, share and examples."""
+    numeric, boolean = quality._SUGGESTED_TYPES["numeric"], quality._SUGGESTED_TYPES["bool"]
+    rows = 1000
+    table = pa.table(
+        {
+            "amount": pa.array(range(rows), pa.int64()),  # right type
+            "amount_text": [str(i) for i in range(rows)],  # numbers stored as text: wrong type
+            "count_with_gaps": pa.array([None if i % 300 == 7 else i for i in range(rows)], pa.int64()),
+            "flag_with_gaps": pa.array([None if i % 400 == 5 else bool(i % 2) for i in range(rows)]),
+        }
+    )
+    objects = pd.DataFrame({"flag_mixed": [True, "yes", False, "no", *[True] * (rows - 4)]})
+    kinds = {"amount": numeric, "amount_text": numeric, "count_with_gaps": numeric}
+    kinds |= {"flag_with_gaps": boolean, "flag_mixed": boolean}
+    suite = tmp_path / "types.json"
+    suite.write_text(
+        json.dumps(
+            {
+                "name": "types",
+                "expectations": [
+                    {"type": quality.TYPE_LIST, "kwargs": {"column": column, "type_list": types}}
+                    for column, types in kinds.items()
+                ],
+            }
+        )
+    )
+    read = _arrow_reader(table, objects, 97)
+    assert {str(chunk["count_with_gaps"].dtype) for chunk in read(None)} == {"int64", "float64"}
+    assert {str(chunk["flag_with_gaps"].dtype) for chunk in read(None)} == {"bool", "object"}
+    whole = quality.validate(table.to_pandas().join(objects), suite)
+    whole_width: list[int] = []
+
+    def counted(columns: Sequence[str] | None) -> Iterator[pd.DataFrame]:
+        for chunk in read(columns):
+            whole_width.extend([1] if columns is None else [])
+            yield chunk
+
+    streamed = quality.validate_stream(counted, [*table.column_names, *objects.columns], suite)
+    assert len(whole_width) == 1  # counted column by column: GE saw the first record batch only
+    assert _failures(streamed) == _failures(whole)
+    assert {f.column: f.examples for f in streamed.critical} == {
+        "amount_text": ["observed str"],
+        "flag_mixed": ["yes", "no"],
+    }
+    assert streamed.critical[1].unexpected_percent == pytest.approx(0.2)
