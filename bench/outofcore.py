@@ -147,7 +147,8 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
 def table(results: dict[str, Any]) -> str:
     """The results as Markdown: one row per step, streaming vs in memory."""
     budget = results["settings"]["budget_mb"]
-    lines = [
+    lines = [results["note"], ""] if results.get("note") else []
+    lines += [
         f"Budget {budget} MiB; window {results['data']['window_mb']:.0f} MiB and new batch "
         f"{results['data']['batch_mb']:.0f} MiB in memory ({results['data']['rows_per_input']:,} rows each); "
         f"fixed overhead (imports only) {results['fixed_overhead_mib']:.0f} MiB peak RSS.",
