@@ -1,10 +1,10 @@
 """Drift alerts: what on-call reads. Built here, delivered by the Airflow notifiers in ``plugins/``.
 
-An alert names the dataset, the batch, the severity, the top drifted features with their scores, the action
-the platform took, where the report is and which runbook section applies. Every alert is appended to
-``$LOOPLINE_HOME/state/alerts.jsonl``; a repeat of the same condition within the cooldown is marked grouped.
-On-call acknowledges an alert by its id (``loopline alerts ack``); acknowledgements are appended to
-``alert_acks.jsonl`` beside the alert log. Neither file is ever rewritten.
+An alert names the dataset, the batch, the severity, the top drifted features with their scores, a drop of the
+champion's AUC when it reached warning or critical, the action the platform took, where the report is and which
+runbook section applies. Every alert is appended to ``$LOOPLINE_HOME/state/alerts.jsonl``; a repeat of the same
+condition within the cooldown is marked grouped. On-call acknowledges an alert by its id (``loopline alerts
+ack``); acknowledgements are appended to ``alert_acks.jsonl`` beside the alert log. Neither file is ever rewritten.
 """
 
 from __future__ import annotations
@@ -40,15 +40,23 @@ def build_alert(
     runbook: str,
     model: str,
     champion_version: str | None,
+    performance_drop: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The alert document: the same fields go to the log, the webhook and the email."""
+    """The alert document: the same fields go to the log, the webhook and the email.
+
+    ``performance_drop`` is the monitor result's (``drift.with_performance``); the alert names it when it
+    reached warning or critical, and the title says "performance drop" when the data alone did not alert.
+    """
     at = datetime.now(UTC).isoformat(timespec="seconds")
     identifier = _derived_id(at, dataset, batch, severity)
     features = ", ".join(f"{f['column']} (PSI {f['psi']:.2f})" for f in top_features) or "none"
-    title = f"[{severity.upper()}] drift in {dataset} batch {batch}"
+    dropped = performance_drop if _alerting(performance_drop) else None
+    what = "performance drop" if dropped and not _alerting_level(dropped.get("data_severity")) else "drift"
+    title = f"[{severity.upper()}] {what} in {dataset} batch {batch}"
     text = (
         f"{title}\nTop drifted features: {features}\n"
         + (f"Prediction score PSI: {score_psi:.2f}\n" if score_psi is not None else "")
+        + (f"Performance: {describe_drop(dropped)}\n" if dropped else "")
         + f"Champion: {model} v{champion_version}\nAction taken: {action}\nReport: {report}\n"
         f"Runbook: {runbook}#responding-to-a-drift-alert\nAcknowledge: loopline alerts ack {identifier}"
     )
@@ -65,9 +73,23 @@ def build_alert(
         "runbook": f"{runbook}#responding-to-a-drift-alert",
         "model": model,
         "champion_version": champion_version,
+        "performance_drop": dropped,
         "title": title,
         "text": text,
     }
+
+
+def _alerting_level(severity: str | None) -> bool:
+    return severity in ("warning", "critical")
+
+
+def _alerting(drop: dict[str, Any] | None) -> bool:
+    return drop is not None and _alerting_level(drop.get("severity"))
+
+
+def describe_drop(drop: dict[str, Any]) -> str:
+    """One line for a performance drop: which AUC (realised or estimated), its value, the reference, the drop."""
+    return f"{drop['summary']} ({drop['severity']})"
 
 
 def for_result(
@@ -91,6 +113,7 @@ def for_result(
         runbook=config.alerts.runbook_url,
         model=config.model_name,
         champion_version=result.get("champion_version"),
+        performance_drop=result.get("performance_drop"),
     )
     if result.get("source") == "live":
         document["source"] = "live"
@@ -363,6 +386,8 @@ def _email_facts(alert: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tup
         ("Champion", f"{alert['model']} v{alert['champion_version']}"),
     ]
     outcome = []
+    if _alerting(alert.get("performance_drop")):
+        outcome.append(("Performance", describe_drop(alert["performance_drop"])))
     if alert.get("score_psi") is not None:
         outcome.append(("Prediction score PSI", f"{alert['score_psi']:.2f}"))
     outcome += [("Action taken", alert["action"]), ("Report", alert["report"]), ("Runbook", alert["runbook"])]

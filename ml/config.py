@@ -175,7 +175,8 @@ class DriftConfig(_Strict):
 
     A column drifts at a severity when its effect size (PSI, or JS distance when ``js_*`` is set) reaches that
     severity's threshold and its test (KS for numeric, chi-square for categorical, plus the missing rate) is
-    significant at ``alpha`` after the ``correction`` across all columns.
+    significant at ``alpha`` after the ``correction`` across all columns. A batch whose AUC fell
+    ``performance_drop_*`` points below the champion's reference is at least at that severity too.
     """
 
     bins: int = Field(default=10, ge=2, le=100)
@@ -201,6 +202,17 @@ class DriftConfig(_Strict):
         default=0.3, gt=0, le=1, description="Share of features drifted for dataset drift."
     )
     min_rows: int = Field(default=500, ge=1, description="Below this the verdict is insufficient_data.")
+    performance_drop_warning: float = Field(
+        default=0.03,
+        gt=0,
+        le=1,
+        description="AUC points below the reference (the champion's holdout) that make a batch at least warning "
+        "when the drop is also significant at alpha: its realised AUC when labelled, else its label-free "
+        "estimate against the holdout's estimate.",
+    )
+    performance_drop_critical: float = Field(
+        default=0.07, gt=0, le=1, description="AUC points below the reference that make a batch critical."
+    )
     retrain_on: Literal["warning", "critical"] = "critical"
     cooldown_batches: int = Field(
         default=2, ge=0, description="Batches after a retrain request with no new one."
@@ -222,6 +234,11 @@ class DriftConfig(_Strict):
         js = [v for v in (self.js_info, self.js_warning, self.js_critical) if v is not None]
         if js != sorted(set(js)):
             raise ValueError("drift.js_info < drift.js_warning < drift.js_critical must hold for those set")
+        if self.performance_drop_warning > self.performance_drop_critical:
+            raise ValueError(
+                f"drift.performance_drop_warning ({self.performance_drop_warning}) must not exceed "
+                f"drift.performance_drop_critical ({self.performance_drop_critical})"
+            )
         return self
 
 

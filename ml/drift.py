@@ -14,14 +14,16 @@ that severity's threshold *and* its test stays significant after a Holm (or Benj
 across all columns and the scores. The batch drifts at ``warning`` or ``critical`` when at least
 ``drift.drift_share`` of the features (equal or importance-weighted) drift at that severity, or when the scores
 do; ``info`` means something moved, too little to alert. Below ``drift.min_rows`` rows the verdict is
-``insufficient_data``, never ``drift``.
+``insufficient_data``, never ``drift``. ``with_performance`` then raises the batch's severity when the champion's
+AUC on it (realised from labels, else the label-free estimate) fell ``drift.performance_drop_*`` points below
+its reference.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -460,6 +462,8 @@ class DriftResult:
     alpha: float = 0.05
     reason: str = ""
     performance: dict[str, Any] | None = None
+    performance_drop: dict[str, Any] | None = None
+    """The champion's AUC on the batch against its reference (``with_performance``), when it could be measured."""
 
     def top(self, count: int = 5) -> list[FeatureDrift]:
         """The drifted features (scores excluded), most severe first, then largest PSI."""
@@ -1164,6 +1168,138 @@ def compare_summary(
     reason = _reason(severity, per_feature, shares, score, weighted, config)
     return DriftResult(
         batch, rows, verdict, severity, shares["warning"], score_psi, decided, **common, reason=reason
+    )
+
+
+@dataclass(frozen=True)
+class MeasuredAuc:
+    """The champion's AUC on a batch and the reference it is compared with, each with its standard error."""
+
+    source: Literal["realised", "estimated"]
+    value: float
+    standard_error: float
+    reference: float
+    reference_standard_error: float
+
+    @property
+    def drop(self) -> float:
+        return self.reference - self.value
+
+    @property
+    def p_value(self) -> float:
+        """One-sided p-value of the drop (normal approximation, the two AUCs independent)."""
+        spread = float(np.hypot(self.standard_error, self.reference_standard_error))
+        return float(stats.norm.sf(self.drop / spread)) if spread > 0 else float(self.drop <= 0)
+
+
+def _auc_standard_error(auc: float, rows: float, positive_rate: float | None) -> float:
+    from ml.performance import _hanley_mcneil
+
+    positives = rows * (positive_rate or 0.0)
+    return _hanley_mcneil(auc, positives, rows - positives) if 0 < positives < rows else 0.0
+
+
+def measured_auc(
+    estimate: dict[str, Any] | None,
+    realised: dict[str, Any] | None,
+    reference: dict[str, Any] | None,
+    min_rows: int,
+) -> MeasuredAuc | None:
+    """The batch's AUC and the reference it is compared with; None when it cannot be measured.
+
+    The realised AUC (from the batch's labels: at least ``min_rows`` of them, both classes) against the
+    reference's realised AUC on the champion's holdout; otherwise the label-free estimate (CBPE) against the
+    same estimate on the holdout, so the estimator's bias cancels. Standard errors by Hanley and McNeil.
+    """
+    reference = reference or {}
+    ref_rows, ref_rate = float(reference.get("rows") or 0), reference.get("positive_rate")
+    if realised and realised.get("roc_auc") is not None and reference.get("roc_auc") is not None:
+        rows, positives = int(realised.get("rows") or 0), int(realised.get("positives") or 0)
+        if rows >= min_rows and 0 < positives < rows:
+            value, base = float(realised["roc_auc"]), float(reference["roc_auc"])
+            return MeasuredAuc(
+                "realised",
+                value,
+                _auc_standard_error(value, rows, positives / rows),
+                base,
+                _auc_standard_error(base, ref_rows, ref_rate),
+            )
+    estimate = estimate or {}
+    value = estimate.get("estimated_roc_auc")
+    base = estimate.get("reference_estimated_roc_auc", reference.get("estimated_roc_auc"))
+    if value is None or base is None:
+        return None
+    return MeasuredAuc(
+        "estimated",
+        float(value),
+        float(estimate.get("standard_error") or 0.0),
+        float(base),
+        _auc_standard_error(float(base), ref_rows, ref_rate),
+    )
+
+
+def _drop_severity(drop: float, config: DriftConfig) -> Severity:
+    if drop >= config.performance_drop_critical:
+        return "critical"
+    if drop >= config.performance_drop_warning:
+        return "warning"
+    return "none"
+
+
+def with_performance(
+    result: DriftResult,
+    realised: dict[str, Any] | None,
+    reference: dict[str, Any] | None,
+    config: DriftConfig,
+) -> DriftResult:
+    """``result`` with the champion's AUC on the batch taken into its severity (call once per result).
+
+    ``realised`` is the batch's realised performance (None without labels), ``reference`` the profile's
+    ``performance`` entry. An AUC ``drift.performance_drop_warning`` (``_critical``) points below the reference
+    makes the batch at least warning (critical) when the drop is also significant at ``drift.alpha`` (one-sided,
+    the two AUCs' standard errors combined: a few hundred labels are noisy), so its verdict becomes ``drift``
+    (an alert, and a retrain request when the policy allows). The per-column statistics, shares and drift share
+    stay as they are; the reason says which AUC fell and by how much, and ``performance_drop`` records it (also
+    when it did not fall).
+    """
+    if result.verdict == "insufficient_data":
+        return result
+    measured = measured_auc(result.performance, realised, reference, config.min_rows)
+    if measured is None:
+        return result
+    drop, p_value = measured.drop, measured.p_value
+    effect = _drop_severity(drop, config)
+    significant = p_value <= config.alpha
+    level: Severity = effect if significant else "none"
+    against = "the reference" if measured.source == "realised" else "the reference estimate"
+    summary = (
+        f"{measured.source} AUC {measured.value:.3f}, {abs(drop):.3f} {'below' if drop >= 0 else 'above'} "
+        f"{against} {measured.reference:.3f}"
+    )
+    severity = max(result.severity, level, key=RANK.__getitem__)
+    if RANK[level] >= RANK["warning"]:
+        rule = f"drift.performance_drop_{level} is {getattr(config, f'performance_drop_{level}')}"
+        reason = f"{severity}: {summary} ({rule}); {result.reason.removeprefix(f'{result.severity}: ')}"
+    elif effect != "none":
+        reason = f"{result.reason}; {summary} (not significant: p {p_value:.2g} > alpha {config.alpha})"
+    else:
+        reason = f"{result.reason}; {summary}"
+    return replace(
+        result,
+        severity=severity,
+        verdict="drift" if RANK[severity] >= RANK["warning"] else result.verdict,
+        reason=reason,
+        performance_drop={
+            "source": measured.source,
+            "roc_auc": measured.value,
+            "reference_roc_auc": measured.reference,
+            "drop": drop,
+            "p_value": p_value,
+            "severity": level,
+            "effect_severity": effect,
+            "data_severity": result.severity,
+            "summary": summary,
+        },
     )
 
 

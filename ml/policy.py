@@ -1,4 +1,5 @@
-"""When drift may trigger a retrain: severity threshold, cooldown in batches, a rate limit, and a pause switch.
+"""When drift (or a drop of the champion's AUC) may trigger a retrain: severity threshold, cooldown in batches,
+a rate limit, and a pause switch.
 
 Requests are recorded in ``$LOOPLINE_HOME/state/retrain_requests.jsonl`` (append-only). Automatic retraining
 is paused when ``drift.auto_retrain`` is false or the pause file exists (``loopline retrain pause``).
@@ -45,7 +46,11 @@ def past_requests(paths: Paths) -> list[dict[str, Any]]:
 def decide_retrain(
     config: LooplineConfig, paths: Paths, result: DriftResult, batch_order: list[str]
 ) -> PolicyDecision:
-    """Apply severity, pause and cooldown to a drift result; ``batch_order`` is the lake's batches in order."""
+    """Apply severity, pause and cooldown to a drift result; ``batch_order`` is the lake's batches in order.
+
+    A drop of the champion's AUC counts like drift: ``drift.with_performance`` raised the severity and made the
+    verdict ``drift``, and the reason names the drop.
+    """
     needed = config.drift.retrain_on
     if result.verdict != "drift" or _RANK[result.severity] < _RANK[needed]:
         return PolicyDecision(
@@ -77,7 +82,18 @@ def decide_retrain(
                 f"no retrain: cooldown ({config.drift.cooldown_batches} batches) after the request for "
                 f"batch {request['batch']}",
             )
-    return PolicyDecision(True, f"retrain requested: {result.severity} drift in batch {result.batch}")
+    return PolicyDecision(
+        True, f"retrain requested: {result.severity} {_cause(result)} in batch {result.batch}"
+    )
+
+
+def _cause(result: DriftResult) -> str:
+    """What reached the batch's severity: the data drift, the champion's AUC drop, or both."""
+    drop = result.performance_drop or {}
+    if drop.get("severity") != result.severity:
+        return "drift"
+    fell = f"performance drop ({drop['summary']})"
+    return f"drift and {fell}" if drop.get("data_severity") == result.severity else fell
 
 
 def record_request(paths: Paths, batch: str, reason: str, features: list[str]) -> dict[str, Any]:

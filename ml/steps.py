@@ -407,6 +407,8 @@ def record_monitoring(
         },
     )
     logged = {"drift_share": result.drift_share, "rows": float(result.rows), **(metrics or {})}
+    if (result.performance or {}).get("estimated_roc_auc") is not None:
+        logged["estimated_roc_auc"] = float(result.performance["estimated_roc_auc"])
     for key in ("roc_auc", "ece", "calibration_in_the_large"):
         if realised and realised.get(key) is not None:
             logged[f"realised_{key}"] = float(realised[key])
@@ -433,6 +435,7 @@ def record_monitoring(
         "rows": result.rows,
         "shares": result.shares,
         "performance": result.performance,
+        "performance_drop": result.performance_drop,
         "realised_performance": realised,
         "reference_roc_auc": reference_auc,
         "severity": result.severity,
@@ -446,8 +449,12 @@ def record_monitoring(
 
 
 def monitor_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str, Any]:
-    """Compare a new batch (and the champion's scores on it) with the champion's reference profile."""
-    from ml import policy, registry
+    """Compare a new batch (and the champion's scores on it) with the champion's reference profile.
+
+    The severity also counts a drop of the champion's AUC on the batch (``drift.with_performance``): realised
+    from the batch's own target column, else estimated from its scores.
+    """
+    from ml import drift, policy, registry
 
     registry.connect(config, paths)
     current = registry.champion(config)
@@ -460,8 +467,10 @@ def monitor_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str,
         }
     profile = registry.load_profile(current)
     monitored = engine_for(config, paths).monitor(batch, registry.load_booster(current), profile)
-    result, realised = monitored.drift, monitored.realised
-    reference_auc = (profile.get("performance") or {}).get("roc_auc")
+    reference = profile.get("performance") or {}
+    realised = monitored.realised
+    result = drift.with_performance(monitored.drift, realised, reference, config.drift)
+    reference_auc = reference.get("roc_auc")
     order = lake_of(paths).batches(config.dataset.name)
     decision = policy.decide_retrain(config, paths, result, order)
     recorded = record_monitoring(

@@ -242,6 +242,7 @@ def monitor_live_window(
         if len(latest)
         else None
     )
+    result = drift.with_performance(result, realised, profile.get("performance"), config.drift)
     reference_auc = (profile.get("performance") or {}).get("roc_auc")
     reason = (
         f"live traffic {result.verdict}: alert only (retraining follows the lake batches)"
