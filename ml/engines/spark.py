@@ -289,16 +289,16 @@ class SparkEngine:
     def ingest(self, batch: str, source: Path, others: list[str]) -> SparkBatch:
         """Landing file -> schema -> the batch's rows -> dedup (in the file, then against ``others``), on Spark.
 
-        ``ml.ingest.clean_batch``'s rules and messages (without row numbers) on a Spark DataFrame read by path:
-        every CSV field is read as text and parsed as the local path parses it (numbers as doubles, the time as
-        a UTC timestamp without zone, the target as 0/1 of ``positive_class``); ``BatchRejected`` names each
-        problem. Rows keep the file's order; the first of each id is kept.
+        ``ml.ingest.clean_batch``'s rules and messages on a Spark DataFrame read by path: every CSV field is read
+        as text and parsed as the local path parses it (numbers as doubles, the time as a UTC timestamp without
+        zone, the target as 0/1 of ``positive_class``); ``BatchRejected`` names each problem (with row numbers
+        for repeated ids). ``dataset.extra_columns`` and ``dataset.duplicate_ids`` apply as locally; rows keep
+        the file's order.
         """
         with spark_mode(data_session(self.spark)) as session:
             return self._ingest(session, batch, source, others)
 
     def _ingest(self, session: SparkSession, batch: str, source: Path, others: list[str]) -> SparkBatch:
-        from pyspark.sql import Window
         from pyspark.sql import functions as F
 
         from ml.batches import window_of
@@ -311,111 +311,210 @@ class SparkEngine:
         fmt = dataset.source.format
         raw = reader.csv(str(source)) if fmt == "csv" else session.read.parquet(str(source))
         raw = raw.withColumn(ROW_COLUMN, F.monotonically_increasing_id()).persist()
-        rows_read = raw.count()
-        if rows_read > dataset.max_batch_rows:
-            raise BatchRejected(
-                source, [f"{rows_read} rows exceed dataset.max_batch_rows={dataset.max_batch_rows}"]
-            )
-        numeric, categorical = list(dataset.numeric_features), list(dataset.categorical_features)
-        time = [dataset.time_column] if dataset.time_column else []
-        required = [dataset.id_column, *time, *numeric, *categorical, dataset.target]
-        missing = [c for c in required if c not in raw.columns]
+        try:
+            rows_read = raw.count()
+            if rows_read > dataset.max_batch_rows:
+                raise BatchRejected(
+                    source,
+                    [
+                        f"{rows_read} rows exceed dataset.max_batch_rows={dataset.max_batch_rows}: "
+                        "split the batch or raise the limit"
+                    ],
+                )
+            numeric, categorical = list(dataset.numeric_features), list(dataset.categorical_features)
+            time = [dataset.time_column] if dataset.time_column else []
+            required = [dataset.id_column, *time, *numeric, *categorical, dataset.target]
+            problems, warnings = self._column_problems([c for c in raw.columns if c != ROW_COLUMN])
+            if any(c not in raw.columns for c in required):
+                raise BatchRejected(source, problems)
+            text = {c: F.col(c).cast("string") for c in required}
+            parsed = {
+                dataset.id_column: F.col(dataset.id_column),  # its type kept, as the local ingest does
+                **{c: F.to_timestamp_ntz(text[c]) for c in time},
+                **{c: F.trim(text[c]).cast("double") for c in numeric},
+                **{c: text[c] for c in categorical},
+            }
+            bad = {
+                dataset.id_column: text[dataset.id_column].isNull(),
+                **{c: parsed[c].isNull() for c in time},
+                **{c: text[c].isNotNull() & parsed[c].isNull() for c in numeric},
+            }
+            counts = raw.agg(
+                *[F.count_if(flag).alias(f"bad:{c}") for c, flag in bad.items()],
+                *[F.count(parsed[c]).alias(f"present:{c}") for c in [*numeric, *categorical]],
+                F.collect_set(text[dataset.target]).alias("classes"),
+            ).collect()[0]
+            problems += [
+                f"column {c}: {counts[f'bad:{c}']} "
+                + ("empty id(s)" if c == dataset.id_column else f"bad value(s) {_examples(raw, c, flag)}")
+                for c, flag in bad.items()
+                if counts[f"bad:{c}"]
+            ]
+            problems += [
+                f"column {c}: every value is empty (check the export)"
+                for c in [*numeric, *categorical]
+                if not counts[f"present:{c}"]
+            ]
+            positive = str(dataset.positive_class)
+            classes = sorted(counts["classes"])
+            normalised = {c: c.removesuffix(".0") for c in classes}
+            if len(classes) > 2:
+                problems.append(
+                    f"column {dataset.target}: {len(classes)} classes {classes[:10]} found; "
+                    "a binary target has two"
+                )
+            elif classes and positive not in normalised.values():
+                problems.append(
+                    f"column {dataset.target}: positive class {positive!r} never occurs "
+                    f"(classes seen: {classes})"
+                )
+            if problems:
+                raise BatchRejected(source, problems)
+            target = F.regexp_replace(text[dataset.target], r"\.0$", "")
+            parsed[dataset.target] = F.when(target.isNotNull(), (target == positive).cast("int"))
+            clean = raw.select(*[parsed[c].alias(c) for c in required], ROW_COLUMN)
+            if self.config.batching.by != "rows" and dataset.time_column:
+                start, end = window_of(batch, self.config.batching)
+                at = F.col(dataset.time_column)
+                inside = (at >= F.lit(start.to_pydatetime()).cast("timestamp_ntz")) & (
+                    at < F.lit(end.to_pydatetime()).cast("timestamp_ntz")
+                )
+                if source.stem == batch:
+                    outside = clean.where(~inside).count()
+                    if outside:
+                        raise BatchRejected(
+                            source,
+                            [
+                                f"column {dataset.time_column}: {outside} time(s) outside the batch window "
+                                f"[{start:%Y-%m-%d}, {end:%Y-%m-%d}): move those rows to their own batch file"
+                            ],
+                        )
+                clean = clean.where(inside)
+            elif source.stem != batch:
+                raise ValueError("engine spark ingests row batches only from one file per batch")
+            kept, dropped, dedup_warnings = self._deduplicate(session, clean, raw, source, others)
+        finally:
+            raw.unpersist()
+        return SparkBatch(kept, rows_read, dropped, warnings + dedup_warnings)
+
+    def _column_problems(self, columns: list[str]) -> tuple[list[str], list[str]]:
+        """The local ingest's verdicts on a file's ``columns``: problems (missing columns, and unexpected ones
+        under ``dataset.extra_columns: refuse``) and warnings (unexpected columns dropped)."""
+        from ml.ingest import required_columns
+
+        required = required_columns(self.config, pd.DataFrame(columns=columns))
+        missing = [c for c in required if c not in columns]
+        extra = [c for c in columns if c not in required]
+        problems: list[str] = []
+        warnings: list[str] = []
         if missing:
-            raise BatchRejected(
-                source,
-                [
-                    f"missing required column(s) {', '.join(missing)}: restore them in the export, "
-                    "or remove them from dataset.*_features in the config"
-                ],
+            problems.append(
+                f"missing required column(s) {', '.join(missing)}: restore them in the export, "
+                "or remove them from dataset.*_features in the config"
             )
-        warnings = []
-        extra = [c for c in raw.columns if c not in required and c != ROW_COLUMN]
-        if extra:
+        if extra and self.config.dataset.extra_columns == "refuse":
+            problems.append(
+                f"unexpected column(s) {', '.join(extra)}: add them to dataset.numeric_features or "
+                "dataset.categorical_features, or set dataset.extra_columns: drop to ignore them"
+            )
+        elif extra:
             warnings.append(
                 f"dropped unexpected column(s) {', '.join(extra)} (add them to the config to use them)"
             )
-        text = {c: F.col(c).cast("string") for c in required}
-        parsed = {
-            dataset.id_column: F.col(dataset.id_column),  # its type kept, as the local ingest does
-            **{c: F.to_timestamp_ntz(text[c]) for c in time},
-            **{c: F.trim(text[c]).cast("double") for c in numeric},
-            **{c: text[c] for c in categorical},
-        }
-        bad = {
-            dataset.id_column: text[dataset.id_column].isNull(),
-            **{c: parsed[c].isNull() for c in time},
-            **{c: text[c].isNotNull() & parsed[c].isNull() for c in numeric},
-        }
-        counts = raw.agg(
-            *[F.count_if(flag).alias(f"bad:{c}") for c, flag in bad.items()],
-            *[F.count(parsed[c]).alias(f"present:{c}") for c in [*numeric, *categorical]],
-            F.collect_set(text[dataset.target]).alias("classes"),
-        ).collect()[0]
-        problems = [
-            f"column {c}: {counts[f'bad:{c}']} "
-            + ("empty id(s)" if c == dataset.id_column else f"bad value(s) {_examples(raw, c, flag)}")
-            for c, flag in bad.items()
-            if counts[f"bad:{c}"]
-        ]
-        problems += [
-            f"column {c}: every value is empty (check the export)"
-            for c in [*numeric, *categorical]
-            if not counts[f"present:{c}"]
-        ]
-        positive = str(dataset.positive_class)
-        classes = sorted(counts["classes"])
-        normalised = {c: c.removesuffix(".0") for c in classes}
-        if len(classes) > 2:
-            problems.append(
-                f"column {dataset.target}: {len(classes)} classes {classes[:10]} found; a binary target has two"
-            )
-        elif classes and positive not in normalised.values():
-            problems.append(
-                f"column {dataset.target}: positive class {positive!r} never occurs (classes seen: {classes})"
-            )
-        if problems:
-            raise BatchRejected(source, problems)
-        target = F.regexp_replace(text[dataset.target], r"\.0$", "")
-        parsed[dataset.target] = F.when(target.isNotNull(), (target == positive).cast("int"))
-        clean = raw.select(*[parsed[c].alias(c) for c in required], ROW_COLUMN)
-        if self.config.batching.by != "rows" and dataset.time_column:
-            start, end = window_of(batch, self.config.batching)
-            at = F.col(dataset.time_column)
-            inside = (at >= F.lit(start.to_pydatetime()).cast("timestamp_ntz")) & (
-                at < F.lit(end.to_pydatetime()).cast("timestamp_ntz")
-            )
-            if source.stem == batch:
-                outside = clean.where(~inside).count()
-                if outside:
-                    raise BatchRejected(
-                        source,
-                        [
-                            f"column {dataset.time_column}: {outside} time(s) outside the batch window "
-                            f"[{start:%Y-%m-%d}, {end:%Y-%m-%d}): move those rows to their own batch file"
-                        ],
-                    )
-            clean = clean.where(inside)
-        elif source.stem != batch:
-            raise ValueError("engine spark ingests row batches only from one file per batch")
-        windowed = clean.count()
-        first = Window.partitionBy(dataset.id_column).orderBy(ROW_COLUMN)
-        clean = (
-            clean.withColumn("__rank__", F.row_number().over(first)).where("__rank__ = 1").drop("__rank__")
+        return problems, warnings
+
+    def _deduplicate(
+        self, session: SparkSession, clean: DataFrame, raw: DataFrame, source: Path, others: list[str]
+    ) -> tuple[DataFrame, int, list[str]]:
+        """``ml.ingest._deduplicate`` on Spark: the batch's rows each id once (persisted, in file order), how many
+        rows went, and the warnings; ``BatchRejected`` names the ids and their file rows as locally.
+
+        An exact repeat of a row is dropped (the first stays); an id on rows with different values, or held by
+        one of ``others``, refuses the batch unless ``dataset.duplicate_ids`` is ``keep_last``: then the id's
+        last row is kept and a row whose id another batch holds is dropped. ``raw`` is the landed file with
+        ``ROW_COLUMN``, for row numbers.
+        """
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
+
+        from ml.ingest import _MAX_EXAMPLES, BatchRejected
+
+        dataset = self.config.dataset
+        id_column, keep_last = dataset.id_column, dataset.duplicate_ids == "keep_last"
+        values = [c for c in clean.columns if c != ROW_COLUMN]
+        distinct = clean.groupBy(*values).agg(
+            F.min(ROW_COLUMN).alias(ROW_COLUMN), F.count(F.lit(1)).alias(_COPIES)
+        )
+        by_id = Window.partitionBy(id_column)
+        flagged = distinct.withColumn(_ID_ROWS, F.count(F.lit(1)).over(by_id)).withColumn(
+            _ID_LAST, F.max(ROW_COLUMN).over(by_id)
         )
         if others:
-            unique = clean.count()
-            known = self.read(others, session).select(dataset.id_column).distinct()
-            clean = clean.join(known, dataset.id_column, "left_anti")
-        clean = clean.orderBy(ROW_COLUMN).drop(ROW_COLUMN).persist()
-        kept = clean.count()
-        raw.unpersist()
-        if others and unique > kept:
-            warnings.append(
-                f"dropped {unique - kept} row(s) whose id is already in another batch of the lake"
-            )
-        if windowed > kept:
-            warnings.append(f"dropped {windowed - kept} duplicate id(s) in column {dataset.id_column}")
-        return SparkBatch(clean, rows_read, windowed - kept, warnings)
+            known = self.read(others, session).select(id_column).distinct().withColumn(_KNOWN, F.lit(True))
+            flagged = flagged.join(known, id_column, "left").fillna(False, subset=[_KNOWN])
+        else:
+            flagged = flagged.withColumn(_KNOWN, F.lit(False))
+        flagged = flagged.persist()
+        try:
+            conflicting, last, seen = F.col(_ID_ROWS) > 1, F.col(ROW_COLUMN) == F.col(_ID_LAST), F.col(_KNOWN)
+            stats = flagged.agg(
+                F.sum(_COPIES).alias("rows_in"),
+                F.count_if(conflicting).alias("conflicting_rows"),
+                F.count_if(conflicting & last).alias("conflicting_ids"),
+                F.count_if(seen).alias("seen_rows"),
+                F.count_if(seen & last).alias("seen_last"),
+                F.count_distinct(F.when(seen, F.col(id_column))).alias("seen_ids"),
+            ).collect()[0]
+            rows_in = int(stats["rows_in"] or 0)
+            conflicting_rows, conflicting_ids = int(stats["conflicting_rows"]), int(stats["conflicting_ids"])
+            warnings: list[str] = []
+            if keep_last:
+                if conflicting_rows:
+                    warnings.append(
+                        f"dropped {conflicting_rows - conflicting_ids} earlier row(s) of {conflicting_ids} id(s) "
+                        "repeated with different values (dataset.duplicate_ids: keep_last keeps each id's last row)"
+                    )
+                if stats["seen_last"]:
+                    warnings.append(
+                        f"dropped {stats['seen_last']} row(s) whose id is already in another batch of the lake"
+                    )
+            elif conflicting_rows or stats["seen_rows"]:
+                shown = {
+                    kind: _first_rows_of_ids(flagged.where(rows), id_column, _MAX_EXAMPLES)
+                    for kind, rows in (("conflicting", conflicting), ("seen", seen))
+                    if stats[f"{kind}_rows"]
+                }
+                file_rows = _file_rows(
+                    raw, [m for ids in shown.values() for marks in ids.values() for m in marks]
+                )
+                problems = []
+                if "conflicting" in shown:
+                    problems.append(
+                        f"column {id_column}: "
+                        f"{_ids_and_rows(shown['conflicting'], conflicting_ids, file_rows)} with different "
+                        "values: fix the export so each id has one row, or set dataset.duplicate_ids: "
+                        "keep_last to keep each id's last row"
+                    )
+                seen_marks = sorted(
+                    (m, value) for value, marks in shown.get("seen", {}).items() for m in marks
+                )
+                if "seen" in shown:
+                    problems.append(
+                        f"column {id_column}: "
+                        f"{_ids_and_rows(shown['seen'], int(stats['seen_ids']), file_rows)} already in another "
+                        "accepted batch of the lake: remove those rows from the export (a record is ingested "
+                        "once), or set dataset.duplicate_ids: keep_last to drop them from this batch"
+                    )
+                raise BatchRejected(
+                    source, problems, ids_elsewhere=[value for _, value in seen_marks[:_MAX_EXAMPLES]]
+                )
+            kept = flagged.where(last & ~seen).orderBy(ROW_COLUMN).select(*values).persist()
+            dropped = rows_in - kept.count()
+        finally:
+            flagged.unpersist()
+        if dropped:
+            warnings.append(f"dropped {dropped} duplicate id(s) in column {id_column}")
+        return kept, dropped, warnings
 
     def write_batch(self, batch: str, cleaned: SparkBatch, source: Path) -> Partition:
         """The cleaned rows as the batch's lake partition through ``Lake.write_stream`` (atomic, hashed), in
@@ -695,6 +794,58 @@ def _examples(frame: DataFrame, column: str, bad: Any) -> str:
     """Up to five offending raw values of ``column``, for a rejection message."""
     values = [row[0] for row in frame.where(bad).select(column).limit(5).collect()]
     return ", ".join(repr(v) for v in values)
+
+
+_COPIES, _ID_ROWS, _ID_LAST, _KNOWN = "__copies__", "__id_rows__", "__id_last__", "__known__"
+"""Deduplication's helper columns: copies of an exact row, distinct rows of its id, the id's last row, held by
+another batch."""
+
+
+def _first_rows_of_ids(rows: DataFrame, id_column: str, limit: int) -> dict[Any, list[int]]:
+    """The first ``limit`` ids of ``rows`` by first appearance, each with its first ``limit`` ``ROW_COLUMN``
+    values in order (a small collect, whatever the number of rows)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    rank = F.row_number().over(Window.partitionBy(id_column).orderBy(ROW_COLUMN))
+    firsts = (
+        rows.select(id_column, ROW_COLUMN)
+        .withColumn("__rank__", rank)
+        .where(F.col("__rank__") <= limit)
+        .groupBy(id_column)
+        .agg(
+            F.min(ROW_COLUMN).alias("__first__"), F.sort_array(F.collect_list(ROW_COLUMN)).alias("__marks__")
+        )
+        .orderBy("__first__")
+        .limit(limit)
+        .collect()
+    )
+    return {row[id_column]: list(row["__marks__"]) for row in firsts}
+
+
+def _file_rows(raw: DataFrame, marks: list[int]) -> dict[int, int]:
+    """The file's data row (1 = first) of each ``ROW_COLUMN`` value in ``marks``.
+
+    ``monotonically_increasing_id`` puts the partition index in the upper 31 bits and the record's position in
+    its partition in the lower 33, so a row's number is the rows of the partitions before it plus that position.
+    """
+    from pyspark.sql import functions as F
+
+    sizes = raw.groupBy(F.shiftright(ROW_COLUMN, 33).alias("part")).count().collect()
+    offsets, total = {}, 0
+    for part, count in sorted((int(row["part"]), int(row["count"])) for row in sizes):
+        offsets[part], total = total, total + count
+    return {mark: offsets[mark >> 33] + (mark & (2**33 - 1)) + 1 for mark in marks}
+
+
+def _ids_and_rows(shown: dict[Any, list[int]], total: int, file_rows: dict[int, int]) -> str:
+    """``ml.ingest._ids_and_rows``'s text: ``total`` ids, the shown ones with their file rows."""
+    parts = [
+        f"{value!r} at row(s) {', '.join(str(file_rows[mark]) for mark in marks)}"
+        for value, marks in shown.items()
+    ]
+    more = f" and {total - len(shown)} more" if total > len(shown) else ""
+    return f"{total} id(s): " + "; ".join(parts) + more
 
 
 def _local_chunks(frame: DataFrame, rows: int, dtypes: dict[str, str]) -> Iterator[pd.DataFrame]:
