@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import ClassVar
 
@@ -85,13 +85,9 @@ class _Receiver(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def webhook():
-    server = HTTPServer(("127.0.0.1", 0), _Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def webhook(http_server: Callable[[type[BaseHTTPRequestHandler]], str]) -> str:
     _Receiver.received = []
-    yield f"http://127.0.0.1:{server.server_port}/hook"
-    server.shutdown()
+    return f"{http_server(_Receiver)}/hook"
 
 
 def test_webhook_gets_a_slack_compatible_payload(webhook: str) -> None:

@@ -7,9 +7,8 @@ import getpass
 import json
 import os
 import socket
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -171,13 +170,9 @@ class _FakeAirflow(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def airflow() -> Iterator[str]:
-    server = HTTPServer(("127.0.0.1", 0), _FakeAirflow)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def airflow(http_server: Callable[[type[BaseHTTPRequestHandler]], str]) -> str:
     _FakeAirflow.requests = []
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    return http_server(_FakeAirflow)
 
 
 def test_retrain_triggers_loopline_train_through_the_rest_api(
