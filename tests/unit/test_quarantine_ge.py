@@ -58,10 +58,12 @@ def test_incident_batch_quarantines_the_schema_error_and_the_suite_result(
         ("expect_column_values_to_be_between", "age"),
     } <= failed
     assert not reason["gate"]["passed"] and reason["gate"]["quarantined_to"] == str(entry)
-    assert (
-        "expect_column_values_to_be_between on column interest_rate [critical]: column missing"
-        in (reason["reason"])
-    )
+    missing = [
+        line
+        for line in reason["reason"].splitlines()
+        if "expect_column_values_to_be_between on column interest_rate [critical]" in line
+    ]
+    assert len(missing) == 1 and missing[0].endswith(": column missing"), missing
     raw = json.loads((entry / "validation_result.json").read_text())
     assert raw["success"] is False and len(raw["results"]) == reason["gate"]["evaluated"]
 
