@@ -97,7 +97,7 @@ def prepare(args: Args) -> dict[str, Any]:
     """Write the window (three baseline months) and the shifted new batch into the lake."""
     from bench import data
     from ml import registry
-    from ml.lake import DATA_FILE, Lake
+    from ml.lake import Lake
 
     config, paths = _setup(args)
     registry.connect(config, paths)  # the MLflow store exists before any timed step, as in a deployment
@@ -107,7 +107,7 @@ def prepare(args: Args) -> dict[str, Any]:
     files = {}
     for spec in specs:
         partition = lake.write(data.DATASET, spec.key, data.generate_batch(spec))
-        files[spec.key] = str(partition.path / DATA_FILE)
+        files[spec.key] = partition.data_file
     return {"seconds": time.perf_counter() - started, "files": files}
 
 

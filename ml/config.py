@@ -355,6 +355,36 @@ class ServingConfig(_Strict):
     monitoring: LiveMonitoringConfig = LiveMonitoringConfig()
 
 
+class LakeConfig(_Strict):
+    """Where the lake's Parquet partitions live: a folder, or an S3-compatible object store shared by workers."""
+
+    uri: str | None = Field(
+        default=None,
+        description="A folder, or s3://bucket/prefix on an S3-compatible object store (AWS S3, MinIO, "
+        "SeaweedFS, ...); default $LOOPLINE_LAKE_URI, else $LOOPLINE_HOME/lake. Credentials come from the "
+        "standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), never from this file.",
+    )
+    endpoint_url: str | None = Field(
+        default=None,
+        description="S3 endpoint of a non-AWS store, e.g. http://minio:9000; default $AWS_ENDPOINT_URL_S3, "
+        "else $AWS_ENDPOINT_URL, else AWS itself.",
+    )
+    region: str | None = Field(default=None, description="S3 region; default $AWS_REGION, else us-east-1.")
+
+    @model_validator(mode="after")
+    def _known_scheme(self) -> LakeConfig:
+        if self.uri and "://" in self.uri and not self.uri.startswith(OBJECT_STORE_SCHEMES):
+            raise ValueError(
+                f"lake.uri {self.uri!r}: use a folder or s3://bucket/prefix "
+                f"(schemes: {', '.join(OBJECT_STORE_SCHEMES)})"
+            )
+        return self
+
+
+OBJECT_STORE_SCHEMES = ("s3://",)
+"""Lake URIs that name an object store (an S3-compatible one) instead of a folder."""
+
+
 class RegistryConfig(_Strict):
     """MLflow: where runs and models go. Tracking URI defaults to SQLite under LOOPLINE_HOME."""
 
@@ -421,6 +451,7 @@ class LooplineConfig(_Strict):
     registry: RegistryConfig = RegistryConfig()
     serving: ServingConfig = ServingConfig()
     engine: EngineConfig = EngineConfig()
+    lake: LakeConfig = LakeConfig()
     config_path: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
@@ -521,7 +552,22 @@ class Paths:
 
     @property
     def lake(self) -> Path:
+        """The lake's folder when it is kept under the home (the default; see ``lake_location``)."""
         return self.home / "lake"
+
+    def lake_location(self, config: LooplineConfig | None = None) -> str | Path:
+        """Where the lake is: the config's ``lake.uri``, else $LOOPLINE_LAKE_URI, else the home's folder."""
+        chosen = (config.lake.uri if config else None) or os.environ.get("LOOPLINE_LAKE_URI", "").strip()
+        if not chosen:
+            return self.lake
+        if chosen.startswith(OBJECT_STORE_SCHEMES):
+            return chosen
+        if "://" in chosen:
+            raise ConfigError(
+                f"LOOPLINE_LAKE_URI={chosen!r}: use a folder or s3://bucket/prefix (schemes: "
+                f"{', '.join(OBJECT_STORE_SCHEMES)})"
+            )
+        return Path(chosen).expanduser()
 
     @property
     def quarantine(self) -> Path:

@@ -459,7 +459,7 @@ def champion_metrics(
     from ml.evaluate import classification_metrics
     from ml.steps import lake_of, predictions_table
 
-    lake = lake_of(paths)
+    lake = lake_of(paths, config)
     final = registry.champion(config)
     final_model = registry.load_model(final) if final else None
     rows = []

@@ -1,6 +1,7 @@
 """The Parquet lake: one partition per batch, written atomically, identified by a content hash.
 
-Layout under ``$LOOPLINE_HOME/lake``::
+The lake is a folder (``$LOOPLINE_HOME/lake`` by default, or a shared filesystem) or a prefix on an
+S3-compatible object store (``s3://bucket/prefix``, see ``LakeConfig``). Layout under its root::
 
     <table>/batch=<key>/data.parquet   the rows (written to a temporary name, then renamed)
     <table>/batch=<key>/_meta.json     rows, content hash, source file, time written (a cache, see below)
@@ -12,6 +13,12 @@ re-run replaces a partition instead of duplicating it. The data file is the trut
 trusts ``_meta.json`` only when the hashes agree (a writer killed between the two renames leaves stale metadata
 next to the new data). Writers of one partition take its lock and first delete the temporary files that killed
 writers left behind.
+
+On an object store there is no rename and no lock: the data goes to a temporary key in the partition's prefix,
+then one server-side copy puts it in place (an object appears whole or not at all), then the temporary key is
+deleted. Two writers of one partition at once (Airflow runs one per batch) each leave a whole file, the last
+one wins, and ``partition`` still trusts only metadata whose hash matches. Temporary keys older than an hour
+are killed writers' and are deleted by the next writer of that partition.
 """
 
 from __future__ import annotations
@@ -21,19 +28,26 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from ml.config import LooplineConfig, Paths
 
 DATA_FILE = "data.parquet"
 ROW_GROUP_ROWS = 131_072
@@ -42,6 +56,10 @@ SCAN_BUFFER_BYTES = 1 << 16
 """Read buffer per column of a streaming read: pages are read as decoded, not whole column chunks at once."""
 META_FILE = "_meta.json"
 LOCK_FILE = ".lock"
+OBJECT_STORE_PREFIX = "s3://"
+LEFTOVER_AGE_S = 3600.0
+"""On an object store, temporary keys older than this are a killed writer's (a live writer's are younger)."""
+HASH_CHUNK_BYTES = 1 << 20
 
 
 class LakeError(RuntimeError):
@@ -65,7 +83,12 @@ def atomic_write_bytes(target: Path, payload: bytes) -> None:
 
 def atomic_write_json(target: Path, document: Any) -> None:
     """Write a JSON document atomically (pretty, keys in order)."""
-    atomic_write_bytes(target, (json.dumps(document, indent=2, sort_keys=True, default=str) + "\n").encode())
+    atomic_write_bytes(target, json_bytes(document))
+
+
+def json_bytes(document: Any) -> bytes:
+    """A JSON document as Loopline stores it: pretty, keys in order, newline-terminated."""
+    return (json.dumps(document, indent=2, sort_keys=True, default=str) + "\n").encode()
 
 
 def content_hash(payload: bytes) -> str:
@@ -97,13 +120,15 @@ class Partition:
 
     table: str
     batch: str
-    path: Path
+    path: str
+    """Where the partition is: its folder, or its ``s3://`` prefix."""
     rows: int
     sha256: str
 
     @property
-    def data_file(self) -> Path:
-        return self.path / DATA_FILE
+    def data_file(self) -> str:
+        """The partition's data file, as a path or an ``s3://`` URI (what lineage records)."""
+        return f"{self.path}/{DATA_FILE}"
 
 
 FOOTER_CACHE_FILES = 256
@@ -121,9 +146,9 @@ class Footer:
     size plus an 8-byte offset per row."""
 
 
-def _read_footer(data_file: Path) -> Footer:
+def _read_footer(source: pa.NativeFile) -> Footer:
     """Parse a Parquet file's footer into a ``Footer`` (pyarrow's metadata objects are dropped here)."""
-    meta = pq.ParquetFile(data_file).metadata
+    meta = pq.ParquetFile(source).metadata
     arrow = meta.schema.to_arrow_schema()
     sizes: list[tuple[str, int]] = []
     for index, name in enumerate(arrow.names):
@@ -141,148 +166,199 @@ def _read_footer(data_file: Path) -> Footer:
     return Footer(arrow, meta.num_rows, tuple(sizes))
 
 
+def object_store(endpoint_url: str | None = None, region: str | None = None) -> pafs.S3FileSystem:
+    """An S3 filesystem for an S3-compatible store: ``endpoint_url`` (default $AWS_ENDPOINT_URL_S3, else
+    $AWS_ENDPOINT_URL, else AWS) and ``region``; credentials from the standard AWS variables or files."""
+    endpoint = (
+        endpoint_url
+        or os.environ.get("AWS_ENDPOINT_URL_S3", "").strip()
+        or os.environ.get("AWS_ENDPOINT_URL", "").strip()
+    )
+    options: dict[str, Any] = {}
+    if endpoint:
+        parsed = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        options.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
+    return pafs.S3FileSystem(
+        region=region
+        or os.environ.get("AWS_REGION", "").strip()
+        or os.environ.get("AWS_DEFAULT_REGION", "").strip()
+        or "us-east-1",
+        connect_timeout=10,
+        request_timeout=120,
+        **options,
+    )
+
+
 class Lake:
-    """Reads and writes the partitions under one lake folder."""
+    """Reads and writes the partitions under one lake root: a folder, or an ``s3://bucket/prefix``."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        # Parsed footers by data file, each with the (size, mtime_ns, inode) it was parsed at, least recently
-        # used first. pyarrow's footer objects are reference cycles freed only by the garbage collector, so a
-        # loop asking for schemas and sizes would otherwise pile them up (and parse them again every time).
-        self._footers: OrderedDict[Path, tuple[tuple[int, int, int], Footer]] = OrderedDict()
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        filesystem: pafs.FileSystem | None = None,
+    ) -> None:
+        self.on_object_store = isinstance(root, str) and root.startswith(OBJECT_STORE_PREFIX)
+        if self.on_object_store:
+            self._base = str(root).removeprefix(OBJECT_STORE_PREFIX).strip("/")
+            self.root: Path | str = OBJECT_STORE_PREFIX + self._base
+            if not self._base:
+                raise LakeError(f"lake {root!r}: name a bucket, as in s3://bucket/prefix")
+            self.fs: pafs.FileSystem = filesystem or object_store(endpoint_url, region)
+            self._where = f"{self.root} (S3 endpoint {endpoint_url or _endpoint_of(self.fs)})"
+        else:
+            self.root = Path(root)
+            self._base = os.path.abspath(self.root)
+            self.fs = filesystem or pafs.LocalFileSystem()
+            self._where = str(self.root)
+        # Parsed footers by data file, each with the (size, mtime_ns) it was parsed at, least recently used
+        # first. pyarrow's footer objects are reference cycles freed only by the garbage collector, so a loop
+        # asking for schemas and sizes would otherwise pile them up (and parse them again every time).
+        self._footers: OrderedDict[str, tuple[tuple[int, int], Footer]] = OrderedDict()
         self._footers_lock = threading.Lock()
+        self._bucket_seen = not self.on_object_store
 
-    def footer(self, data_file: Path) -> Footer:
+    def _check_bucket(self) -> None:
+        """LakeError unless the lake's bucket exists (some stores would create it on the first write, and a
+        mistyped bucket would look like an empty lake)."""
+        if self._bucket_seen:
+            return
+        bucket = self._base.split("/", 1)[0]
+        if self._file_info(bucket).type != pafs.FileType.Directory:
+            raise LakeError(
+                f"the lake's bucket {bucket!r} does not exist at {self._where}: create it (the compose file's "
+                "object-store init does) or fix lake.uri / LOOPLINE_LAKE_URI"
+            )
+        self._bucket_seen = True
+
+    @classmethod
+    def for_config(cls, config: LooplineConfig | None, paths: Paths) -> Lake:
+        """The lake a config names (``lake.uri``), else $LOOPLINE_LAKE_URI's, else the home's folder."""
+        lake = config.lake if config else None
+        return cls(
+            paths.lake_location(config),
+            endpoint_url=lake.endpoint_url if lake else None,
+            region=lake.region if lake else None,
+        )
+
+    # -- locations ---------------------------------------------------------------------------------------
+
+    def _folder(self, table: str, batch: str) -> str:
+        return f"{self._base}/{table}/batch={batch}"
+
+    def _uri(self, path: str) -> str:
+        return f"{OBJECT_STORE_PREFIX}{path}" if self.on_object_store else path
+
+    def partition_dir(self, table: str, batch: str) -> Path:
+        """The folder of a partition of a folder lake (an object store has prefixes, not folders)."""
+        if self.on_object_store:
+            raise LakeError(f"{self._where} is an object store: partitions have no local folder")
+        return Path(self._folder(table, batch))
+
+    def uris(self, table: str, batches: Iterable[str]) -> list[str]:
+        """The data files of the given batches as paths or ``s3://`` URIs (for other engines to read)."""
+        return [self._uri(path) for path in self.files(table, batches)]
+
+    # -- reading -----------------------------------------------------------------------------------------
+
+    def _file_info(self, path: str) -> pafs.FileInfo:
+        try:
+            return self.fs.get_file_info(path)
+        except OSError as exc:
+            raise self._read_error(exc) from exc
+
+    def _read_error(self, exc: OSError) -> LakeError:
+        fix = (
+            "check the endpoint, that the bucket exists and the credentials in AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY"
+            if self.on_object_store
+            else "check that the folder is readable by the user running Loopline"
+        )
+        return LakeError(f"cannot read the lake at {self._where}: {exc} ({fix})")
+
+    def footer(self, data_file: str | Path) -> Footer:
         """The parsed footer of a partition's data file, parsed again only when the file changed."""
-        stat = data_file.stat()
-        signature = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        key = str(data_file)
+        info = self._file_info(key)
+        signature = (info.size or 0, info.mtime_ns or 0)
         with self._footers_lock:
-            cached = self._footers.get(data_file)
+            cached = self._footers.get(key)
             if cached is not None and cached[0] == signature:
-                self._footers.move_to_end(data_file)
+                self._footers.move_to_end(key)
                 return cached[1]
-        parsed = _read_footer(data_file)
+        with self.fs.open_input_file(key) as source:
+            parsed = _read_footer(source)
         with self._footers_lock:
-            self._footers[data_file] = (signature, parsed)
-            self._footers.move_to_end(data_file)
+            self._footers[key] = (signature, parsed)
+            self._footers.move_to_end(key)
             while len(self._footers) > FOOTER_CACHE_FILES:
                 self._footers.popitem(last=False)
         return parsed
 
-    def partition_dir(self, table: str, batch: str) -> Path:
-        return self.root / table / f"batch={batch}"
-
-    def write(self, table: str, batch: str, frame: pd.DataFrame, source: str | None = None) -> Partition:
-        """Replace the partition ``table/batch`` with ``frame``, atomically; returns it with its hash."""
-        buffer = io.BytesIO()
-        pq.write_table(
-            pa.Table.from_pandas(frame, preserve_index=False),
-            buffer,
-            compression="zstd",
-            row_group_size=ROW_GROUP_ROWS,
-        )
-        payload = buffer.getvalue()
-        return self._commit(table, batch, source, len(frame), content_hash(payload), payload)
-
-    def write_stream(
-        self, table: str, batch: str, chunks: Iterable[pd.DataFrame | pa.Table], source: str | None = None
-    ) -> Partition:
-        """Replace ``table/batch`` with the concatenation of ``chunks`` (DataFrames or Arrow tables of one
-        schema), written as they come (bounded memory).
-
-        Same guarantees as ``write``: under the partition's lock the rows go to a temporary file in its folder,
-        hashed while written, and become visible by one rename.
-        """
-        folder = self.partition_dir(table, batch)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with _exclusive(folder / LOCK_FILE):
-                _remove_leftovers(folder)
-                handle, tmp_name = tempfile.mkstemp(prefix=f".{DATA_FILE}.", suffix=".tmp", dir=folder)
-                try:
-                    rows, digest = _write_chunks(handle, chunks, folder)
-                    os.replace(tmp_name, folder / DATA_FILE)
-                finally:
-                    Path(tmp_name).unlink(missing_ok=True)
-                self._write_meta(folder, table, batch, source, rows, digest)
-        except OSError as exc:
-            raise _write_error(folder, exc) from exc
-        return Partition(table, batch, folder, rows, digest)
-
-    def _commit(
-        self, table: str, batch: str, source: str | None, rows: int, digest: str, data: bytes
-    ) -> Partition:
-        """Put a partition's data and metadata in place under its lock."""
-        folder = self.partition_dir(table, batch)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with _exclusive(folder / LOCK_FILE):
-                _remove_leftovers(folder)
-                atomic_write_bytes(folder / DATA_FILE, data)
-                self._write_meta(folder, table, batch, source, rows, digest)
-        except OSError as exc:
-            raise _write_error(folder, exc) from exc
-        return Partition(table, batch, folder, rows, digest)
-
-    @staticmethod
-    def _write_meta(folder: Path, table: str, batch: str, source: str | None, rows: int, digest: str) -> None:
-        atomic_write_json(
-            folder / META_FILE,
-            {
-                "table": table,
-                "batch": batch,
-                "rows": rows,
-                "sha256": digest,
-                "source": source,
-                "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            },
-        )
-
     def batches(self, table: str) -> list[str]:
         """Keys of the complete partitions of a table, oldest first."""
-        base = self.root / table
-        if not base.is_dir():
-            return []
-        return sorted(
-            entry.name.removeprefix("batch=")
-            for entry in base.iterdir()
-            if entry.name.startswith("batch=") and (entry / DATA_FILE).is_file()
-        )
+        self._check_bucket()
+        selector = pafs.FileSelector(f"{self._base}/{table}", recursive=True, allow_not_found=True)
+        try:
+            found = self.fs.get_file_info(selector)
+        except OSError as exc:
+            raise self._read_error(exc) from exc
+        keys = []
+        for info in found:
+            folder, _, name = info.path.rpartition("/")
+            parent = folder.rpartition("/")[2]
+            if name == DATA_FILE and info.type == pafs.FileType.File and parent.startswith("batch="):
+                keys.append(parent.removeprefix("batch="))
+        return sorted(keys)
 
     def partition(self, table: str, batch: str) -> Partition:
         """The stored partition, with its rows and the hash of its data file; LakeError if it is not in the lake.
 
         The rows come from ``_meta.json`` when it describes this very file, else from the Parquet footer.
         """
-        folder = self.partition_dir(table, batch)
-        try:
-            handle = (folder / DATA_FILE).open("rb")
-        except FileNotFoundError:
-            raise LakeError(
-                f"no partition {table}/batch={batch} in {self.root} (ingest that batch first)"
-            ) from None
-        with handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-            meta = _read_meta(folder / META_FILE)
-            if meta.get("sha256") == digest and isinstance(meta.get("rows"), int):
-                rows = int(meta["rows"])
-            else:  # a writer died between renaming the data file and its metadata: the data file is the truth
-                handle.seek(0)
-                rows = pq.ParquetFile(handle).metadata.num_rows
-        return Partition(table, batch, folder, rows, digest)
+        folder = self._folder(table, batch)
+        data_file = f"{folder}/{DATA_FILE}"
+        if self._file_info(data_file).type != pafs.FileType.File:
+            raise self._missing(table, batch)
+        digest = hashlib.sha256()
+        with self.fs.open_input_stream(data_file) as handle:
+            while chunk := handle.read(HASH_CHUNK_BYTES):
+                digest.update(chunk)
+        meta = self._read_meta(f"{folder}/{META_FILE}")
+        if meta.get("sha256") == digest.hexdigest() and isinstance(meta.get("rows"), int):
+            rows = int(meta["rows"])
+        else:  # a writer died between putting the data file and its metadata: the data file is the truth
+            rows = self.footer(data_file).rows
+        return Partition(table, batch, self._uri(folder), rows, digest.hexdigest())
 
-    def files(self, table: str, batches: Iterable[str]) -> list[Path]:
+    def _missing(self, table: str, batch: str) -> LakeError:
+        return LakeError(f"no partition {table}/batch={batch} in {self._where} (ingest that batch first)")
+
+    def _read_meta(self, meta_file: str) -> dict[str, Any]:
+        """A partition's metadata, or {} when it is missing or unreadable (it is a cache of the data file)."""
+        try:
+            with self.fs.open_input_stream(meta_file) as handle:
+                meta = json.loads(handle.read())
+        except (OSError, ValueError):
+            return {}
+        return meta if isinstance(meta, dict) else {}
+
+    def files(self, table: str, batches: Iterable[str]) -> list[str]:
         """The data files of the given batches, in batch order; LakeError names a missing one."""
-        files = []
-        for batch in batches:
-            data_file = self.partition_dir(table, batch) / DATA_FILE
-            if not data_file.is_file():
-                raise LakeError(
-                    f"no partition {table}/batch={batch} in {self.root} (ingest that batch first)"
-                )
-            files.append(data_file)
-        if not files:
+        keys = list(batches)
+        if not keys:
             raise LakeError(f"no batches requested from table {table!r}")
+        self._check_bucket()
+        files = [f"{self._folder(table, batch)}/{DATA_FILE}" for batch in keys]
+        try:
+            infos = self.fs.get_file_info(files)
+        except OSError as exc:
+            raise self._read_error(exc) from exc
+        for batch, info in zip(keys, infos, strict=True):
+            if info.type != pafs.FileType.File:
+                raise self._missing(table, batch)
         return files
 
     def read(self, table: str, batches: Iterable[str], columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -306,12 +382,14 @@ class Lake:
     ) -> pa.Table:
         """``read`` as an Arrow table (no pandas conversion); text columns named in ``dictionary`` come
         dictionary-encoded, as Parquet stores them (no string copied); other columns named there are unaffected."""
-        files = self.files(table, batches)
         tables = [
             pq.read_table(
-                f, columns=list(columns) if columns else None, read_dictionary=list(dictionary) or None
+                f,
+                columns=list(columns) if columns else None,
+                read_dictionary=list(dictionary) or None,
+                filesystem=self.fs,
             )
-            for f in files
+            for f in self.files(table, batches)
         ]
         return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
 
@@ -340,12 +418,15 @@ class Lake:
         keys = list(batches)
         for key, data_file in zip(keys, self.files(table, keys), strict=True):
             offset = 0
-            with pq.ParquetFile(
-                data_file,
-                read_dictionary=list(dictionary) or None,
-                pre_buffer=False,
-                buffer_size=SCAN_BUFFER_BYTES,
-            ) as parquet:
+            with (
+                self.fs.open_input_file(data_file) as source,
+                pq.ParquetFile(
+                    source,
+                    read_dictionary=list(dictionary) or None,
+                    pre_buffer=False,
+                    buffer_size=SCAN_BUFFER_BYTES,
+                ) as parquet,
+            ):
                 for record_batch in parquet.iter_batches(
                     batch_size=batch_rows, columns=list(columns) if columns is not None else None
                 ):
@@ -376,10 +457,135 @@ class Lake:
     def ids_in(self, table: str, batches: Iterable[str], id_column: str) -> set[Any]:
         """The ids already stored in the given batches."""
         found: set[Any] = set()
-        for batch in batches:
-            data_file = self.partition_dir(table, batch) / DATA_FILE
-            found.update(pq.read_table(data_file, columns=[id_column]).column(0).to_pylist())
+        keys = list(batches)
+        for data_file in self.files(table, keys) if keys else []:
+            found.update(
+                pq.read_table(data_file, columns=[id_column], filesystem=self.fs).column(0).to_pylist()
+            )
         return found
+
+    # -- writing -----------------------------------------------------------------------------------------
+
+    def write(self, table: str, batch: str, frame: pd.DataFrame, source: str | None = None) -> Partition:
+        """Replace the partition ``table/batch`` with ``frame``, atomically; returns it with its hash."""
+        buffer = io.BytesIO()
+        pq.write_table(
+            pa.Table.from_pandas(frame, preserve_index=False),
+            buffer,
+            compression="zstd",
+            row_group_size=ROW_GROUP_ROWS,
+        )
+        payload = buffer.getvalue()
+        digest = content_hash(payload)
+
+        def put(raw: Any) -> tuple[int, str]:
+            raw.write(payload)
+            return len(frame), digest
+
+        return self._put(table, batch, source, put)
+
+    def write_stream(
+        self, table: str, batch: str, chunks: Iterable[pd.DataFrame | pa.Table], source: str | None = None
+    ) -> Partition:
+        """Replace ``table/batch`` with the concatenation of ``chunks`` (DataFrames or Arrow tables of one
+        schema), written as they come (bounded memory).
+
+        Same guarantees as ``write``: the rows go to a temporary file in the partition's folder (prefix),
+        hashed while written, and become visible at once, whole.
+        """
+        folder = self._folder(table, batch)
+        return self._put(table, batch, source, lambda raw: _write_parquet(raw, chunks, self._uri(folder)))
+
+    def _put(self, table: str, batch: str, source: str | None, write_data: Any) -> Partition:
+        """Put a partition in place: ``write_data(stream) -> (rows, sha256)`` writes its data file."""
+        folder = self._folder(table, batch)
+        self._check_bucket()
+        try:
+            if self.on_object_store:
+                rows, digest = self._put_object(folder, write_data)
+            else:
+                rows, digest = _put_local(Path(folder), write_data)
+            meta = _meta_document(table, batch, source, rows, digest)
+            if self.on_object_store:
+                with self.fs.open_output_stream(f"{folder}/{META_FILE}") as out:
+                    out.write(meta)
+            else:
+                atomic_write_bytes(Path(folder) / META_FILE, meta)
+        except OSError as exc:
+            raise self._write_error(exc) from exc
+        return Partition(table, batch, self._uri(folder), rows, digest)
+
+    def _put_object(self, folder: str, write_data: Any) -> tuple[int, str]:
+        """Write the data file to a temporary key, then copy it into place server-side (whole or not at all)."""
+        self._remove_stale_objects(folder)
+        temporary = f"{folder}/.{DATA_FILE}.{secrets.token_hex(8)}.tmp"
+        try:
+            with self.fs.open_output_stream(temporary) as out:
+                rows, digest = write_data(out)
+            self.fs.move(temporary, f"{folder}/{DATA_FILE}")
+        except BaseException:
+            with suppress(OSError):  # best effort: must not hide the error at hand
+                self.fs.delete_file(temporary)
+            raise
+        return rows, digest
+
+    def _remove_stale_objects(self, folder: str) -> None:
+        """Delete the temporary keys that killed writers left in ``folder`` (only those over an hour old)."""
+        listed = self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        cutoff = (time.time() - LEFTOVER_AGE_S) * 1e9
+        for info in listed:
+            if (
+                info.base_name.startswith(".")
+                and info.base_name.endswith(".tmp")
+                and (info.mtime_ns or 0) < cutoff
+            ):
+                with suppress(OSError):  # best effort: must not hide the error at hand
+                    self.fs.delete_file(info.path)
+
+    def _write_error(self, exc: OSError) -> LakeError:
+        fix = (
+            "check the endpoint, that the bucket exists and that the credentials in AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY may write to it"
+            if self.on_object_store
+            else "check that the folder is writable by the user running Loopline and the disk has space"
+        )
+        return LakeError(f"cannot write to the lake at {self._where}: {exc} ({fix}, then re-run)")
+
+
+def _endpoint_of(fs: pafs.FileSystem) -> str:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return endpoint or f"AWS {getattr(fs, 'region', '')}".strip()
+
+
+def _put_local(folder: Path, write_data: Any) -> tuple[int, str]:
+    """Under the partition's lock, write its data file to a temporary name, fsync, and rename it into place."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with _exclusive(folder / LOCK_FILE):
+        _remove_leftovers(folder)
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{DATA_FILE}.", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(handle, "wb") as raw:
+                rows, digest = write_data(raw)
+                raw.flush()
+                os.fsync(raw.fileno())
+            os.replace(tmp_name, folder / DATA_FILE)
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)
+    return rows, digest
+
+
+def _meta_document(table: str, batch: str, source: str | None, rows: int, digest: str) -> bytes:
+    written_at = datetime.now(UTC).isoformat(timespec="seconds")
+    return json_bytes(
+        {
+            "table": table,
+            "batch": batch,
+            "rows": rows,
+            "sha256": digest,
+            "source": source,
+            "written_at": written_at,
+        }
+    )
 
 
 class _HashingSink:
@@ -402,35 +608,30 @@ class _HashingSink:
         return self.raw.tell()
 
 
-def _write_chunks(handle: int, chunks: Iterable[pd.DataFrame | pa.Table], folder: Path) -> tuple[int, str]:
-    """Write DataFrame or Arrow chunks as one Parquet file to an open descriptor; returns (rows, sha256)."""
+def _write_parquet(raw: Any, chunks: Iterable[pd.DataFrame | pa.Table], where: str) -> tuple[int, str]:
+    """Write DataFrame or Arrow chunks as one Parquet file to an open binary stream; returns (rows, sha256)."""
     rows, digest = 0, hashlib.sha256()
-    with os.fdopen(handle, "wb") as raw:
-        writer: pq.ParquetWriter | None = None
-        sink = _HashingSink(raw, digest)
-        try:
-            for chunk in chunks:
-                arrow = (
-                    chunk
-                    if isinstance(chunk, pa.Table)
-                    else pa.Table.from_pandas(chunk, preserve_index=False)
+    writer: pq.ParquetWriter | None = None
+    sink = _HashingSink(raw, digest)
+    try:
+        for chunk in chunks:
+            arrow = (
+                chunk if isinstance(chunk, pa.Table) else pa.Table.from_pandas(chunk, preserve_index=False)
+            )
+            if writer is None:
+                writer = pq.ParquetWriter(
+                    sink, arrow.schema, compression="zstd", use_dictionary=_text_columns(arrow.schema)
                 )
-                if writer is None:
-                    writer = pq.ParquetWriter(
-                        sink, arrow.schema, compression="zstd", use_dictionary=_text_columns(arrow.schema)
-                    )
-                writer.write_table(arrow, row_group_size=ROW_GROUP_ROWS)
-                rows += len(chunk)
-        except BaseException:
-            if writer is not None:  # finish the writer into nowhere: the temporary file is deleted anyway
-                sink.raw = io.BytesIO()
-                writer.close()
-            raise
-        if writer is None:
-            raise LakeError(f"no rows to write to {folder}: the stream was empty")
-        writer.close()
-        raw.flush()
-        os.fsync(raw.fileno())
+            writer.write_table(arrow, row_group_size=ROW_GROUP_ROWS)
+            rows += len(chunk)
+    except BaseException:
+        if writer is not None:  # finish the writer into nowhere: the temporary file is deleted anyway
+            sink.raw = io.BytesIO()
+            writer.close()
+        raise
+    if writer is None:
+        raise LakeError(f"no rows to write to {where}: the stream was empty")
+    writer.close()
     return rows, digest.hexdigest()
 
 
@@ -444,19 +645,3 @@ def _text_columns(schema: pa.Schema) -> list[str]:
         or pa.types.is_large_string(field.type)
         or pa.types.is_dictionary(field.type)
     ]
-
-
-def _write_error(folder: Path, exc: OSError) -> LakeError:
-    return LakeError(
-        f"cannot write lake partition {folder}: {exc} (check that the folder is writable by the user "
-        "running Loopline and the disk has space, then re-run)"
-    )
-
-
-def _read_meta(meta_file: Path) -> dict[str, Any]:
-    """A partition's metadata, or {} when it is missing or unreadable (it is a cache of the data file)."""
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (OSError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) else {}

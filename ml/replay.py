@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ml import alerts, policy, registry, steps
-from ml.config import LooplineConfig, Paths
+from ml.config import LakeConfig, LooplineConfig, Paths
 from ml.evaluate import classification_metrics
 from ml.ingest import BatchRejected, discover_batches
 from ml.lake import atomic_write_bytes, atomic_write_json
@@ -79,6 +79,8 @@ def replay(
     """
     started = time.perf_counter()
     paths = _prepare_home(source_paths, work_home)
+    # The replay's own lake, under its home: never the configured (maybe shared, production) lake.
+    config = config.model_copy(update={"lake": LakeConfig(uri=str(paths.lake))})
     batches = discover_batches(config, paths)
     if len(batches) <= bootstrap:
         raise ValueError(f"found {len(batches)} batches; the replay needs more than bootstrap={bootstrap}")
@@ -181,7 +183,7 @@ def _retrain(config: LooplineConfig, paths: Paths, end_batch: str, trigger: str)
 def _score(
     config: LooplineConfig, paths: Paths, batch: str, outcome: BatchOutcome, static_model: Any
 ) -> None:
-    frame = steps.lake_of(paths).read(config.dataset.name, [batch])
+    frame = steps.lake_of(paths, config).read(config.dataset.name, [batch])
     labelled = frame[config.dataset.target].notna().to_numpy()
     scored = steps.score_batch(config, paths, batch)
     outcome.champion_version = scored.get("champion_version")

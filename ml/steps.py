@@ -50,8 +50,9 @@ def code_version() -> str:
     return f"{commit}{'+dirty' if dirty else ''}" if commit else f"loopline {version('loopline')}"
 
 
-def lake_of(paths: Paths) -> Lake:
-    return Lake(paths.lake)
+def lake_of(paths: Paths, config: LooplineConfig | None = None) -> Lake:
+    """The lake of ``config`` (``lake.uri``), else $LOOPLINE_LAKE_URI's, else the folder under the home."""
+    return Lake.for_config(config, paths)
 
 
 def predictions_table(config: LooplineConfig) -> str:
@@ -67,7 +68,7 @@ def ingest_batch(
     schema check refuses is still validated with the dataset's suite on what could be read, and the quarantine
     holds that result beside the schema error.
     """
-    lake = lake_of(paths)
+    lake = lake_of(paths, config)
     table = config.dataset.name
     source = landing_path(config, paths, batch)
     quarantine_dir = paths.quarantine / table / batch
@@ -178,7 +179,7 @@ def plan_training(
     config: LooplineConfig, paths: Paths, end_batch: str | None, window_batches: int | None
 ) -> dict[str, Any]:
     """The training window: the ``window_batches`` accepted batches ending at ``end_batch`` (default newest)."""
-    available = lake_of(paths).batches(config.dataset.name)
+    available = lake_of(paths, config).batches(config.dataset.name)
     if not available:
         raise ValueError(f"the lake has no accepted batches of {config.dataset.name}: ingest some first")
     if end_batch:
@@ -218,7 +219,7 @@ def train_challenger(
     from ml import registry, train
 
     params = train.hyperparameters(config.training, overrides)
-    lake = lake_of(paths)
+    lake = lake_of(paths, config)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopline-lineage") as pool:
         # What logging needs and training does not (MLflow's first connection, the partitions' content
         # hashes, the code version) is prepared while the model trains (XGBoost and Spark leave the GIL).
@@ -264,7 +265,7 @@ def evaluate_challenger(
     from ml.evaluate import decide
 
     registry.connect(config, paths)
-    newest = lake_of(paths).read(config.dataset.name, batches[-1:])
+    newest = lake_of(paths, config).read(config.dataset.name, batches[-1:])
     holdout = train.split_holdout(newest.iloc[0:0], newest, config).holdout
     y = holdout[config.dataset.target].astype(int).to_numpy()
     challenger = _version_ref(config, challenger_version)
@@ -471,7 +472,7 @@ def monitor_batch(config: LooplineConfig, paths: Paths, batch: str) -> dict[str,
     realised = monitored.realised
     result = drift.with_performance(monitored.drift, realised, reference, config.drift)
     reference_auc = reference.get("roc_auc")
-    order = lake_of(paths).batches(config.dataset.name)
+    order = lake_of(paths, config).batches(config.dataset.name)
     decision = policy.decide_retrain(config, paths, result, order)
     recorded = record_monitoring(
         config,
@@ -510,7 +511,7 @@ def suggest_expectations(
     config: LooplineConfig, paths: Paths, batches: list[str] | None = None
 ) -> dict[str, Any]:
     """A suggested GE suite profiled from accepted lake batches (default: the newest training window)."""
-    lake = lake_of(paths)
+    lake = lake_of(paths, config)
     available = lake.batches(config.dataset.name)
     chosen = batches or available[-config.training.window_batches :]
     if not chosen:

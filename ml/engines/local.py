@@ -55,7 +55,7 @@ class LocalEngine:
     def __init__(self, config: LooplineConfig, paths: Paths) -> None:
         self.config = config
         self.paths = paths
-        self.lake = Lake(paths.lake)
+        self.lake = Lake.for_config(config, paths)
         self.table = config.dataset.name
 
     # -- ingestion -----------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from ml.config import LooplineConfig, Paths, SparkConfig
 from ml.engines.base import MonitoredBatch, TrainedModel
 from ml.engines.spark_profile import profile_columns
 from ml.features import FeatureSpec, resolve_features
-from ml.lake import DATA_FILE, Lake, LakeError, Partition
+from ml.lake import OBJECT_STORE_PREFIX, Lake, Partition
 
 if TYPE_CHECKING:
     import xgboost as xgb
@@ -152,15 +152,14 @@ def spark_mode(session: SparkSession) -> Iterator[SparkSession]:
 
 
 def read_batches(session: SparkSession, lake: Lake, table: str, batches: list[str]) -> DataFrame:
-    """The lake partitions of ``batches`` as one Spark DataFrame (read by path on the executors)."""
-    if not batches:
-        raise LakeError(f"no batches requested from table {table!r}")
-    files = []
-    for batch in batches:
-        data_file = lake.partition_dir(table, batch) / DATA_FILE
-        if not data_file.is_file():
-            raise LakeError(f"no partition {table}/batch={batch} in {lake.root} (ingest that batch first)")
-        files.append(str(data_file))
+    """The lake partitions of ``batches`` as one Spark DataFrame (read by path on the executors).
+
+    An object-store lake is read through Hadoop's S3A connector (``s3a://``): the cluster needs hadoop-aws on
+    its classpath and ``spark.hadoop.fs.s3a.*`` settings for the endpoint and credentials (``engine.spark.conf``).
+    """
+    files = lake.uris(table, batches)
+    if lake.on_object_store:
+        files = ["s3a://" + uri.removeprefix(OBJECT_STORE_PREFIX) for uri in files]
     return session.read.option("mergeSchema", "true").parquet(*files)
 
 
@@ -268,7 +267,7 @@ class SparkEngine:
     def __init__(self, config: LooplineConfig, paths: Paths) -> None:
         self.config = config
         self.paths = paths
-        self.lake = Lake(paths.lake)
+        self.lake = Lake.for_config(config, paths)
 
     @property
     def spark(self) -> SparkConfig:

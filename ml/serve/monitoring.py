@@ -286,7 +286,7 @@ def monitor_live(
     """
     from ml.lake import Lake
 
-    order = Lake(paths.lake).batches(config.dataset.name)
+    order = Lake.for_config(config, paths).batches(config.dataset.name)
     results = []
     for name, start, end in live_windows(config, batches, until):
         batch = name.removeprefix(LIVE_PREFIX)

@@ -102,7 +102,7 @@ def test_sigkill_while_writing_a_lake_partition(tmp_path: Path) -> None:
         again = lake.write(TABLE, BATCH, lake_frame(0))
         assert again.sha256 == hashes[0] == file_sha256(again.data_file)
         assert lake.partition(TABLE, BATCH) == again
-        leftovers = sorted(p.name for p in again.path.iterdir() if p.name.endswith(".tmp"))
+        leftovers = sorted(p.name for p in Path(again.path).iterdir() if p.name.endswith(".tmp"))
         assert leftovers == [], f"half-written temporary files left behind: {leftovers}"
 
 
@@ -121,9 +121,9 @@ def _check_after_lake_kill(
         assert partition.sha256 in expected, "the partition's hash is neither the old nor the new content"
         assert file_sha256(partition.data_file) == partition.sha256, "metadata and data file disagree"
         assert partition.rows == expected[partition.sha256] == len(lake.read(TABLE, [BATCH]))
-        hidden = {p.name for p in partition.path.iterdir()} - _visible(partition.path)
+        hidden = {p.name for p in Path(partition.path).iterdir()} - _visible(Path(partition.path))
         assert all(name.endswith((".tmp", ".lock")) for name in hidden), hidden
-        assert _visible(partition.path) == {"_meta.json", partition.data_file.name}
+        assert _visible(Path(partition.path)) == {"_meta.json", Path(partition.data_file).name}
 
 
 def test_sigkill_while_writing_a_report(tmp_path: Path) -> None:
@@ -202,6 +202,6 @@ def test_read_only_lake_folder_is_a_clear_error_and_nothing_half_written(fault_h
         done = steps.ingest_batch(home.config, home.paths, batch)
         assert Lake(lake_dir).partition("loans", batch).sha256 == done["sha256"]
         assert (
-            hashlib.sha256(Lake(lake_dir).partition("loans", batch).data_file.read_bytes()).hexdigest()
+            hashlib.sha256(Path(Lake(lake_dir).partition("loans", batch).data_file).read_bytes()).hexdigest()
             == (done["sha256"])
         )

@@ -63,14 +63,14 @@ def test_streamed_write_equals_one_write_and_scan_keeps_row_order(tmp_path: Path
         (b.to_pandas().assign(s=frame["s"].iloc[o : o + b.num_rows].to_numpy()) for _, o, b in scanned),
     )
     assert streamed.rows == whole.rows == 10_000
-    data_file = streamed.path / "data.parquet"
+    data_file = Path(streamed.path) / "data.parquet"
     assert (
         streamed.sha256
         == hashlib.sha256(data_file.read_bytes()).hexdigest()
         == lake.partition("t", "2").sha256
     )
     pd.testing.assert_frame_equal(lake.read("t", ["2"]), lake.read("t", ["1"]))
-    assert not [p for p in streamed.path.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in Path(streamed.path).iterdir() if p.name.endswith(".tmp")]
 
 
 def test_failed_stream_keeps_the_old_partition(tmp_path: Path) -> None:
@@ -85,7 +85,7 @@ def test_failed_stream_keeps_the_old_partition(tmp_path: Path) -> None:
         lake.write_stream("t", "1", broken())
     assert lake.partition("t", "1").sha256 == old.sha256
     assert lake.read("t", ["1"])["x"].tolist() == [1.0, 2.0]
-    assert not [p for p in old.path.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in Path(old.path).iterdir() if p.name.endswith(".tmp")]
     with pytest.raises(LakeError, match="empty"):
         lake.write_stream("t", "2", iter([]))
 
@@ -133,7 +133,7 @@ def test_footer_cache_keeps_the_newest_files_only(tmp_path: Path, monkeypatch: p
     for batch in ("1", "2", "3"):
         lake.write("t", batch, pd.DataFrame({"x": [1.0]}))
         lake.footer_rows("t", [batch])
-    assert [path.parent.name for path in lake._footers] == ["batch=2", "batch=3"]
+    assert [Path(path).parent.name for path in lake._footers] == ["batch=2", "batch=3"]
 
 
 def test_footer_estimates_match_the_parquet_metadata(tmp_path: Path) -> None:
@@ -144,3 +144,25 @@ def test_footer_estimates_match_the_parquet_metadata(tmp_path: Path) -> None:
     text_bytes = sum(meta.row_group(g).column(1).total_uncompressed_size for g in range(meta.num_row_groups))
     assert lake.memory_estimate("t", ["1"]) == 8 * 1000 + text_bytes + 8 * 1000
     assert lake.schema("t", "1").equals(pq.read_schema(tmp_path / "t" / "batch=1" / "data.parquet"))
+
+
+@pytest.mark.fast
+def test_the_lake_location_comes_from_the_config_then_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ml.config import ConfigError, LakeConfig, Paths, load_config
+
+    config, paths = load_config(Path(__file__).resolve().parents[2] / "loopline.yaml"), Paths(tmp_path)
+    monkeypatch.delenv("LOOPLINE_LAKE_URI", raising=False)
+    assert paths.lake_location(config) == tmp_path / "lake"
+    monkeypatch.setenv("LOOPLINE_LAKE_URI", "s3://shared/lake")
+    assert paths.lake_location(config) == "s3://shared/lake"
+    configured = config.model_copy(update={"lake": LakeConfig(uri=str(tmp_path / "mine"))})
+    assert paths.lake_location(configured) == tmp_path / "mine"
+    monkeypatch.setenv("LOOPLINE_LAKE_URI", "gs://elsewhere/lake")
+    with pytest.raises(ConfigError, match=r"LOOPLINE_LAKE_URI='gs://elsewhere/lake'.*s3://bucket/prefix"):
+        paths.lake_location(config)
+    with pytest.raises(ValueError, match=r"lake.uri 'hdfs://x/y': use a folder or s3://bucket/prefix"):
+        LakeConfig(uri="hdfs://x/y")
+    with pytest.raises(LakeError, match="name a bucket"):
+        Lake("s3://")
