@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,3 +100,25 @@ def http_server() -> Iterator[Callable[[type[BaseHTTPRequestHandler]], str]]:
     yield start
     for server in servers:
         server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real S3-compatible object store (SeaweedFS) on loopback, shared by the session's tests."""
+    from object_store import SeaweedS3
+
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_lake(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket, the AWS variables pointing at it, and LOOPLINE_LAKE_URI=s3://<bucket>/lake."""
+    for variable, value in s3_server.env.items():
+        monkeypatch.setenv(variable, value)
+    uri = f"s3://{s3_server.create_bucket()}/lake"
+    monkeypatch.setenv("LOOPLINE_LAKE_URI", uri)
+    return uri
