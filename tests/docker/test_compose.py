@@ -417,6 +417,27 @@ def test_airflow_environment_contract(compose: dict) -> None:
 
 
 @pytest.mark.fast
+def test_the_lake_is_on_the_object_store_and_its_bucket_is_made_first(compose: dict) -> None:
+    """Workers on other hosts share the lake: it lives in its own bucket of the object store, made before any
+    Airflow service starts (docs/deployment.md)."""
+    from ml.config import LakeConfig
+
+    env = compose["x-airflow-common"]["environment"]
+    bucket = compose["services"]["create-bucket"]["environment"]["LOOPLINE_LAKE_BUCKET"]
+    assert bucket and bucket != compose["services"]["create-bucket"]["environment"]["MLFLOW_ARTIFACTS_BUCKET"]
+    assert env["LOOPLINE_LAKE_URI"] == f"s3://{bucket}/lake"
+    LakeConfig(uri=env["LOOPLINE_LAKE_URI"])  # a URI the config accepts
+    assert env["AWS_ENDPOINT_URL_S3"] == env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    for name in AIRFLOW_SERVICES:
+        if name == "airflow-init":
+            continue
+        condition = compose["services"][name]["depends_on"].get("create-bucket")
+        assert condition == {"condition": "service_completed_successfully"}, (
+            f"{name}: starts before the buckets"
+        )
+
+
+@pytest.mark.fast
 def test_state_volumes_of_the_airflow_services(compose: dict) -> None:
     env = compose["x-airflow-common"]["environment"]
     passwords_dir = str(Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]).parent)
@@ -704,6 +725,37 @@ def test_scripts_parse() -> None:
         done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
     compile((DOCKER / "mlflow" / "create_bucket.py").read_text(), "create_bucket.py", "exec")
+
+
+def test_create_bucket_makes_both_buckets_on_a_real_object_store(s3_server, compose: dict) -> None:
+    """The create-bucket job's script, run as the image runs it, against SeaweedFS: both buckets, idempotent."""
+    import pyarrow.fs as pafs
+
+    job = compose["services"]["create-bucket"]["environment"]
+    token = os.urandom(3).hex()
+    buckets = {"MLFLOW_ARTIFACTS_BUCKET": f"artifacts-{token}", "LOOPLINE_LAKE_BUCKET": f"lake-{token}"}
+    assert set(buckets) <= set(job)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+        **buckets,
+        "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    script = str(DOCKER / "mlflow" / "create_bucket.py")
+    first = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("created bucket") == 2
+    again = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout.count("already exists") == 2, again.stdout + again.stderr
+    store = pafs.S3FileSystem(
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+        endpoint_override=s3_server.endpoint.removeprefix("http://"),
+        scheme="http",
+    )
+    assert all(store.get_file_info(b).type == pafs.FileType.Directory for b in buckets.values())
 
 
 # ------------------------------------------------------------------ entry commands against the real CLIs
