@@ -67,6 +67,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     print(f"MLflow UI:  {endpoints.mlflow_url}  ({login})")
     print(f"            experiment {config.experiment_name}, model {config.model_name}")
+    print(f"Lake:       {paths.lake_location(config)}")
     print(f"Logs: {stack.log_dir}   Stop with: make down")
     record_endpoint(paths, endpoints.airflow_url, endpoints.username)
     return 0

@@ -3,7 +3,8 @@
 PostgreSQL holds the Airflow metadata DB, the Celery result backend and the MLflow backend store (three fresh
 databases); Redis (a DB number of its own) is the Celery broker; a real ``airflow celery worker`` runs every task;
 the tasks reach the MLflow tracking server over HTTP only, logged in through the Airflow connection
-``mlflow_default`` (the server runs MLflow's basic-auth app and refuses anonymous requests). The assertions of
+``mlflow_default`` (the server runs MLflow's basic-auth app and refuses anonymous requests); the lake is on a
+real S3-compatible object store (SeaweedFS, a bucket of its own), as in docker/compose.yaml. The assertions of
 ``tests/e2e`` are reused as they are (loaded from that file), then the prod-specific ones follow.
 """
 
@@ -77,7 +78,9 @@ def prod(postgres_databases: Any, redis_db: int) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def demo(prod: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def demo(
+    prod: dict[str, Any], s3_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
     """The e2e loop through the prod profile; the services keep running until the module's tests are done."""
     from ml.config import Paths, load_config
     from ml.demo import run_demo
@@ -90,6 +93,10 @@ def demo(prod: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iter
         env.setenv("LOOPLINE_HOME", str(home))
         env.setenv("LOOPLINE_CONFIG", str(ROOT / "loopline.yaml"))
         env.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{mlflow_port}")
+        for variable, value in s3_server.env.items():  # the workers inherit them, as compose passes them
+            env.setenv(variable, value)
+        lake_uri = f"s3://{s3_server.create_bucket('loopline-lake')}/lake"
+        env.setenv("LOOPLINE_LAKE_URI", lake_uri)
         config, paths = load_config(), Paths.from_env()
         stack = Stack(paths)
         lines: list[str] = []
@@ -102,7 +109,14 @@ def demo(prod: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iter
                 starter=prod_starter(mlflow_port, prod["settings"]),
             )
             print("\n".join(lines))
-            yield {"summary": summary, "config": config, "paths": paths, "stack": stack, **prod}
+            yield {
+                "summary": summary,
+                "config": config,
+                "paths": paths,
+                "stack": stack,
+                "lake_uri": lake_uri,
+                **prod,
+            }
         finally:
             print("\n".join(lines))
             stack.stop()
@@ -125,6 +139,19 @@ def test_airflow_metadata_is_in_postgresql(demo: dict[str, Any]) -> None:
     in_summary = {(r["dag_id"], r["run_id"], r["state"]) for r in demo["summary"]["dag_runs"]}
     assert set(runs) == in_summary
     assert not (demo["paths"].airflow_home / "airflow.db").exists()
+
+
+def test_the_lake_is_on_the_object_store(demo: dict[str, Any]) -> None:
+    from ml.steps import lake_of
+
+    lake = lake_of(demo["paths"], demo["config"])
+    assert lake.on_object_store and str(lake.root) == demo["lake_uri"]
+    ingested = lake.batches("loans")
+    assert len(ingested) == _E2E.OPTIONS.months - 1, ingested  # all but the incident month
+    scored = lake.batches("loans__predictions")
+    assert scored and set(scored) <= set(ingested)
+    assert lake.partition("loans", ingested[-1]).data_file.startswith(demo["lake_uri"])
+    assert not demo["paths"].lake.exists(), "the workers wrote a lake under LOOPLINE_HOME"
 
 
 def test_tasks_ran_on_the_celery_worker(demo: dict[str, Any]) -> None:

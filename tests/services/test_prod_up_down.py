@@ -61,6 +61,7 @@ def operator_env(
         "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}",
         "AIRFLOW__CELERY__RESULT_BACKEND": pg.url(pg.create("upcelery"), "db+postgresql"),
         "MLFLOW_BACKEND_STORE_URI": pg.url(pg.create("upmlflow")),
+        "LOOPLINE_LAKE_URI": "s3://loopline-lake/lake",
     }
     try:
         yield env
@@ -105,6 +106,7 @@ def test_up_prints_urls_that_answer_and_down_stops_every_process(operator_env: d
     up_seconds = time.monotonic() - started
     printed = {service: (url, user, password) for service, url, user, password in PRINTED.findall(up.stdout)}
     assert set(printed) == {"Airflow", "MLflow"}, up.stdout
+    assert "Lake:       s3://loopline-lake/lake" in up.stdout.splitlines(), up.stdout
     airflow_url, airflow_user, airflow_password = printed["Airflow"]
     mlflow_url, mlflow_user, mlflow_password = printed["MLflow"]
 
