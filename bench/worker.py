@@ -330,6 +330,7 @@ def train_loopline(args: Args) -> dict[str, Any]:
     imported = time.perf_counter()
     calls = Calls()
     calls.wrap(Lake, "read", "lake read")
+    calls.wrap(Lake, "read_arrow", "lake read (Arrow)")
     calls.wrap(train, "split_holdout", "split holdout")
     calls.wrap(train, "split_window", "split window")
     calls.wrap(features, "resolve_features", "resolve features")
