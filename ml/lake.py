@@ -267,15 +267,21 @@ class Lake:
         try:
             return self.fs.get_file_info(path)
         except OSError as exc:
-            raise self._read_error(exc) from exc
+            raise self._access_error(exc) from exc
 
-    def _read_error(self, exc: OSError) -> LakeError:
-        fix = (
-            "check the endpoint, that the bucket exists and the credentials in AWS_ACCESS_KEY_ID / "
-            "AWS_SECRET_ACCESS_KEY"
-            if self.on_object_store
-            else "check that the folder is readable by the user running Loopline"
-        )
+    def _access_error(self, exc: OSError, writing: bool = False) -> LakeError:
+        """A failed read or write of the lake, with what to check."""
+        if self.on_object_store:
+            fix = (
+                "check the endpoint, that the bucket exists and that the credentials in AWS_ACCESS_KEY_ID / "
+                f"AWS_SECRET_ACCESS_KEY may {'write to' if writing else 'read'} it"
+            )
+        elif writing:
+            fix = "check that the folder is writable by the user running Loopline and the disk has space"
+        else:
+            fix = "check that the folder is readable by the user running Loopline"
+        if writing:
+            return LakeError(f"cannot write to the lake at {self._where}: {exc} ({fix}, then re-run)")
         return LakeError(f"cannot read the lake at {self._where}: {exc} ({fix})")
 
     def footer(self, data_file: str | Path) -> Footer:
@@ -304,7 +310,7 @@ class Lake:
         try:
             found = self.fs.get_file_info(selector)
         except OSError as exc:
-            raise self._read_error(exc) from exc
+            raise self._access_error(exc) from exc
         keys = []
         for info in found:
             folder, _, name = info.path.rpartition("/")
@@ -355,7 +361,7 @@ class Lake:
         try:
             infos = self.fs.get_file_info(files)
         except OSError as exc:
-            raise self._read_error(exc) from exc
+            raise self._access_error(exc) from exc
         for batch, info in zip(keys, infos, strict=True):
             if info.type != pafs.FileType.File:
                 raise self._missing(table, batch)
@@ -512,7 +518,7 @@ class Lake:
             else:
                 atomic_write_bytes(Path(folder) / META_FILE, meta)
         except OSError as exc:
-            raise self._write_error(exc) from exc
+            raise self._access_error(exc, writing=True) from exc
         return Partition(table, batch, self._uri(folder), rows, digest)
 
     def _put_object(self, folder: str, write_data: Any) -> tuple[int, str]:
@@ -541,15 +547,6 @@ class Lake:
             ):
                 with suppress(OSError):  # best effort: must not hide the error at hand
                     self.fs.delete_file(info.path)
-
-    def _write_error(self, exc: OSError) -> LakeError:
-        fix = (
-            "check the endpoint, that the bucket exists and that the credentials in AWS_ACCESS_KEY_ID / "
-            "AWS_SECRET_ACCESS_KEY may write to it"
-            if self.on_object_store
-            else "check that the folder is writable by the user running Loopline and the disk has space"
-        )
-        return LakeError(f"cannot write to the lake at {self._where}: {exc} ({fix}, then re-run)")
 
 
 def _endpoint_of(fs: pafs.FileSystem) -> str:
