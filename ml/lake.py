@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,6 +60,12 @@ OBJECT_STORE_PREFIX = "s3://"
 LEFTOVER_AGE_S = 3600.0
 """On an object store, temporary keys older than this are a killed writer's (a live writer's are younger)."""
 HASH_CHUNK_BYTES = 1 << 20
+
+DataWriter = Callable[[Any], tuple[int, str]]
+"""Writes a partition's data file to an open binary stream (a file object or a pyarrow NativeFile); returns
+(rows, sha256)."""
+MetaMaker = Callable[[int, str], bytes]
+"""The metadata document of a partition, from its rows and sha256."""
 
 
 class LakeError(RuntimeError):
@@ -169,11 +175,7 @@ def _read_footer(source: pa.NativeFile) -> Footer:
 def object_store(endpoint_url: str | None = None, region: str | None = None) -> pafs.S3FileSystem:
     """An S3 filesystem for an S3-compatible store: ``endpoint_url`` (default $AWS_ENDPOINT_URL_S3, else
     $AWS_ENDPOINT_URL, else AWS) and ``region``; credentials from the standard AWS variables or files."""
-    endpoint = (
-        endpoint_url
-        or os.environ.get("AWS_ENDPOINT_URL_S3", "").strip()
-        or os.environ.get("AWS_ENDPOINT_URL", "").strip()
-    )
+    endpoint = endpoint_url or _exported_endpoint()
     options: dict[str, Any] = {}
     if endpoint:
         parsed = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
@@ -207,7 +209,8 @@ class Lake:
             if not self._base:
                 raise LakeError(f"lake {root!r}: name a bucket, as in s3://bucket/prefix")
             self.fs: pafs.FileSystem = filesystem or object_store(endpoint_url, region)
-            self._where = f"{self.root} (S3 endpoint {endpoint_url or _endpoint_of(self.fs)})"
+            endpoint = endpoint_url or _exported_endpoint() or f"AWS {getattr(self.fs, 'region', '')}".strip()
+            self._where = f"{self.root} (S3 endpoint {endpoint})"
         else:
             self.root = Path(root)
             self._base = os.path.abspath(self.root)
@@ -502,27 +505,27 @@ class Lake:
         folder = self._folder(table, batch)
         return self._put(table, batch, source, lambda raw: _write_parquet(raw, chunks, self._uri(folder)))
 
-    def _put(self, table: str, batch: str, source: str | None, write_data: Any) -> Partition:
-        """Put a partition in place: ``write_data(stream) -> (rows, sha256)`` writes its data file."""
+    def _put(self, table: str, batch: str, source: str | None, write_data: DataWriter) -> Partition:
+        """Put a partition in place: ``write_data(stream) -> (rows, sha256)`` writes its data file, then its
+        metadata follows."""
         folder = self._folder(table, batch)
         self._check_bucket()
+
+        def meta_of(rows: int, digest: str) -> bytes:
+            return _meta_document(table, batch, source, rows, digest)
+
         try:
             if self.on_object_store:
-                rows, digest = self._put_object(folder, write_data)
+                rows, digest = self._put_object(folder, write_data, meta_of)
             else:
-                rows, digest = _put_local(Path(folder), write_data)
-            meta = _meta_document(table, batch, source, rows, digest)
-            if self.on_object_store:
-                with self.fs.open_output_stream(f"{folder}/{META_FILE}") as out:
-                    out.write(meta)
-            else:
-                atomic_write_bytes(Path(folder) / META_FILE, meta)
+                rows, digest = _put_local(Path(folder), write_data, meta_of)
         except OSError as exc:
             raise self._access_error(exc, writing=True) from exc
         return Partition(table, batch, self._uri(folder), rows, digest)
 
-    def _put_object(self, folder: str, write_data: Any) -> tuple[int, str]:
-        """Write the data file to a temporary key, then copy it into place server-side (whole or not at all)."""
+    def _put_object(self, folder: str, write_data: DataWriter, meta_of: MetaMaker) -> tuple[int, str]:
+        """Write the data file to a temporary key, copy it into place server-side (whole or not at all), then put
+        its metadata (one PUT)."""
         self._remove_stale_objects(folder)
         temporary = f"{folder}/.{DATA_FILE}.{secrets.token_hex(8)}.tmp"
         try:
@@ -533,6 +536,8 @@ class Lake:
             with suppress(OSError):  # best effort: must not hide the error at hand
                 self.fs.delete_file(temporary)
             raise
+        with self.fs.open_output_stream(f"{folder}/{META_FILE}") as out:
+            out.write(meta_of(rows, digest))
         return rows, digest
 
     def _remove_stale_objects(self, folder: str) -> None:
@@ -549,13 +554,14 @@ class Lake:
                     self.fs.delete_file(info.path)
 
 
-def _endpoint_of(fs: pafs.FileSystem) -> str:
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    return endpoint or f"AWS {getattr(fs, 'region', '')}".strip()
+def _exported_endpoint() -> str:
+    """The S3 endpoint the environment names ($AWS_ENDPOINT_URL_S3, else $AWS_ENDPOINT_URL), or ""."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3", "").strip() or os.environ.get("AWS_ENDPOINT_URL", "").strip()
 
 
-def _put_local(folder: Path, write_data: Any) -> tuple[int, str]:
-    """Under the partition's lock, write its data file to a temporary name, fsync, and rename it into place."""
+def _put_local(folder: Path, write_data: DataWriter, meta_of: MetaMaker) -> tuple[int, str]:
+    """Under the partition's lock, write its data file to a temporary name, fsync, rename it into place, then
+    write its metadata the same way."""
     folder.mkdir(parents=True, exist_ok=True)
     with _exclusive(folder / LOCK_FILE):
         _remove_leftovers(folder)
@@ -568,6 +574,7 @@ def _put_local(folder: Path, write_data: Any) -> tuple[int, str]:
             os.replace(tmp_name, folder / DATA_FILE)
         finally:
             Path(tmp_name).unlink(missing_ok=True)
+        atomic_write_bytes(folder / META_FILE, meta_of(rows, digest))
     return rows, digest
 
 
