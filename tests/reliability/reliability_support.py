@@ -263,20 +263,31 @@ def entered(folder: Path, scenario: Any) -> Iterator[Home]:
         yield replace(bare, scenario=scenario)
 
 
-def free_port_in(first: int, last: int) -> int:
-    """A port of [first, last] nobody listens on at 127.0.0.1 (the suite's own range)."""
+def free_ports_in(first: int, last: int, count: int = 1) -> list[int]:
+    """``count`` distinct ports of [first, last] nobody listens on at 127.0.0.1 (the suite's own range).
+
+    Ports picked for servers that start later must be picked together: a free port is only reserved once its
+    server binds it, so two separate picks can return the same port."""
     import random
 
     ports = list(range(first, last + 1))
     random.shuffle(ports)
+    found: list[int] = []
     for port in ports:
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
-    raise RuntimeError(f"no free port in {first}-{last}")
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise RuntimeError(f"fewer than {count} free ports in {first}-{last}")
+
+
+def free_port_in(first: int, last: int) -> int:
+    """A port of [first, last] nobody listens on at 127.0.0.1."""
+    return free_ports_in(first, last)[0]
 
 
 def child_env() -> dict[str, str]:

@@ -26,7 +26,7 @@ from reliability_support import (
     ROOT,
     Home,
     case,
-    free_port_in,
+    free_ports_in,
     lake_state,
     loopline_env,
     scenario_of,
@@ -147,8 +147,8 @@ def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prod]:
             pytest.fail(f"{reason} (CI is set, so the prod-profile faults must run)", pytrace=False)
         pytest.skip(reason)
     folder = tmp_path_factory.mktemp("prod-faults")
-    postgres = PrivatePostgres(Path(tempfile.mkdtemp(prefix="loopline-pg-")), free_port_in(28700, 28799))
-    redis_port, airflow_port, mlflow_port = (free_port_in(28700, 28799) for _ in range(3))
+    postgres_port, redis_port, airflow_port, mlflow_port = free_ports_in(28700, 28799, 4)
+    postgres = PrivatePostgres(Path(tempfile.mkdtemp(prefix="loopline-pg-")), postgres_port)
     redis = None
     try:
         postgres.init()
@@ -169,6 +169,7 @@ def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prod]:
             stdout=subprocess.DEVNULL,
             start_new_session=True,
         )
+        _wait_for_redis(redis, redis_port)
         settings = ProdSettings(
             database_url=postgres.url("airflow"),
             broker_url=f"redis://127.0.0.1:{redis_port}/0",
@@ -204,6 +205,22 @@ def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prod]:
         if (postgres.data / "postmaster.pid").is_file():
             postgres.stop()
         shutil.rmtree(postgres.folder, ignore_errors=True)
+
+
+def _wait_for_redis(server: subprocess.Popen[bytes], port: int, timeout: float = 30) -> None:
+    """Return once the private Redis answers PING; fail with its exit code if it died (a taken port)."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"redis-server on port {port} exited with {server.returncode}"
+        try:
+            if client.ping():
+                return
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.2)
+    raise TimeoutError(f"redis-server on port {port} did not answer PING within {timeout:.0f} s")
 
 
 def _poll(what: Any, timeout: float, every: float = 1.0) -> Any:
