@@ -258,6 +258,8 @@ def _load_model(folder: str) -> tuple[Any, dict[str, Any]]:
 
 def _step(args: dict[str, Any]) -> dict[str, Any]:
     """One timed step on one engine; the Spark session's start is timed apart (``session_seconds``)."""
+    import pandas as pd
+
     from ml import steps, train
     from ml.config import Paths, load_config
     from ml.engines import engine_for
@@ -296,14 +298,13 @@ def _step(args: dict[str, Any]) -> dict[str, Any]:
         model.mkdir(parents=True, exist_ok=True)
         trained.booster.save_model(model / "booster.ubj")
         (model / "profile.json").write_text(json.dumps(trained.profile))
-        trained.holdout[[data.ID_COLUMN, data.TARGET]].to_parquet(model / "holdout.parquet")
-        out |= {"rows": trained.train_rows, "holdout_rows": len(trained.holdout)}
+        held = trained.holdout
+        pd.DataFrame({data.ID_COLUMN: held.ids, data.TARGET: held.labels}).to_parquet(
+            model / "holdout.parquet"
+        )
+        out |= {"rows": trained.train_rows, "holdout_rows": len(held)}
         out["train_roc_auc"] = trained.train_metrics["roc_auc"]
-        out["holdout_roc_auc"] = classification_metrics(
-            trained.holdout[data.TARGET].astype(int).to_numpy(),
-            train.predict(trained.booster, trained.holdout),
-            0.5,
-        )["roc_auc"]
+        out["holdout_roc_auc"] = classification_metrics(held.labels, held.scores, 0.5)["roc_auc"]
         out["seconds"] = seconds
     elif step == "drift":
         booster, profile = _load_model(args["model"])

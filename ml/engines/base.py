@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
+
 if TYPE_CHECKING:
     import pandas as pd
     import xgboost as xgb
@@ -23,6 +25,50 @@ if TYPE_CHECKING:
     from ml.features import FeatureSpec
     from ml.lake import Partition
     from ml.quality import GateResult
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """The evaluation rows as training saw them: the latest share of the newest batch, never trained on.
+
+    Only three arrays per row stay in memory (in holdout order): the rows' ids, their 0/1 labels and the trained
+    booster's scores. The evaluate step reads the rows again from the lake to score the champion beside it.
+    """
+
+    ids: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def scored(cls, booster: xgb.Booster, rows: pd.DataFrame, id_column: str, target: str) -> Holdout:
+        """The holdout of rows already in memory, scored by ``booster``."""
+        from ml import train
+
+        return cls(
+            ids=rows[id_column].to_numpy(),
+            labels=rows[target].astype(int).to_numpy(),
+            scores=train.predict(booster, rows) if len(rows) else np.zeros(0),
+        )
+
+    @classmethod
+    def concat(cls, parts: list[Holdout]) -> Holdout:
+        """Parts in order, as one holdout."""
+        if not parts:
+            return cls(np.zeros(0, dtype=object), np.zeros(0, dtype=int), np.zeros(0))
+        return cls(
+            *(np.concatenate([getattr(p, name) for p in parts]) for name in ("ids", "labels", "scores"))
+        )
+
+    def take(self, order: np.ndarray) -> Holdout:
+        """The rows at positions ``order``."""
+        return Holdout(self.ids[order], self.labels[order], self.scores[order])
+
+    def calibration(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(scores, labels) for the reference profile's calibration curve; None for an empty holdout."""
+        return (self.scores, self.labels) if len(self) else None
 
 
 @dataclass
@@ -36,8 +82,8 @@ class TrainedModel:
     train_metrics: dict[str, float]
     importance: dict[str, float]
     train_rows: int
-    holdout: pd.DataFrame
-    """The evaluation rows (the latest share of the newest batch), in memory: never seen in training."""
+    holdout: Holdout
+    """The evaluation rows' ids, labels and this booster's scores (the latest share of the newest batch)."""
     example: pd.DataFrame
     """Up to 100 training rows (features and target): the model's signature, input example and dataset inputs."""
     lineage: dict[str, str] = field(default_factory=dict)

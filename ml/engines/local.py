@@ -14,7 +14,8 @@ such a batch would take over an eighth of the budget), only the needed columns, 
 - drift merges per-batch summaries (``drift.summarize_batch``), equal to the in-memory comparison;
 - scoring writes predictions as the record batches come (``Lake.write_stream``).
 
-The holdout (the newest share of the newest batch) is always held in memory: it is a fraction of one batch.
+The holdout (the newest share of the newest batch) is scored as it is read; only its ids, labels and scores
+stay in memory.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import pyarrow as pa
 
 from ml import drift, performance, quality, quantiles, train
 from ml.config import LooplineConfig, Paths
-from ml.engines.base import MonitoredBatch, TrainedModel
+from ml.engines.base import Holdout, MonitoredBatch, TrainedModel
 from ml.evaluate import AUC_BINS, classification_metrics, histogram_roc_auc, score_class_histogram
 from ml.features import FeatureSpec, fit_vocabulary, is_text_like, resolve_features
 from ml.ingest import CleanBatch, clean_batch, read_source
@@ -224,7 +225,7 @@ class LocalEngine:
             spec,
             fitted.scores,
             y,
-            holdout,
+            Holdout.scored(fitted.booster, holdout, dataset.id_column, dataset.target),
             example,
             lambda importance, calibration: drift.assemble_profile(
                 columns, fitted.scores, len(y), bins, importance=importance, calibration=calibration
@@ -238,19 +239,17 @@ class LocalEngine:
         spec: FeatureSpec,
         scores: np.ndarray,
         y: np.ndarray,
-        holdout: pd.DataFrame,
+        holdout: Holdout,
         sample: pd.DataFrame,
         profile_of: Callable[[dict[str, float], tuple[np.ndarray, np.ndarray] | None], dict[str, Any]],
         lineage: dict[str, str],
     ) -> TrainedModel:
         """The parts of a trained model both paths share: importance, calibration, profile, metrics."""
         importance = train.feature_importance(booster)
-        holdout_y = holdout[self.config.dataset.target].astype(int).to_numpy()
-        calibration = (train.predict(booster, holdout), holdout_y) if len(holdout) else None
         return TrainedModel(
             booster=booster,
             spec=spec,
-            profile=profile_of(importance, calibration),
+            profile=profile_of(importance, holdout.calibration()),
             train_metrics=classification_metrics(y, scores, self.config.gate.decision_threshold),
             importance=importance,
             train_rows=len(y),
@@ -287,7 +286,8 @@ class LocalEngine:
         4. more selection passes over the numeric columns and the scores' file until their quantiles are
            exact (``quantiles.StreamedColumns``: two or three passes for millions of rows).
 
-        Nothing per row stays in memory but the holdout (a share of the newest batch, the step's output).
+        Nothing per row stays in memory but XGBoost's own state (gradients, labels, prediction cache: about 40
+        bytes per training row) and the holdout's ids, labels and scores (``Holdout``: 24 bytes per row).
         """
         dataset, newest = self.config.dataset, batches[-1]
         spec = self._spec(newest)
@@ -357,10 +357,9 @@ class LocalEngine:
                 for part in _spilled(spilled, self.config.engine.batch_rows):
                     scores.add(part)
                 scores.end_pass()
-        holdout = self._holdout_frame(newest, holdout_rows)
+        holdout = self._scored_holdout(newest, holdout_rows, booster)
         importance = train.feature_importance(booster)
-        holdout_y = holdout[dataset.target].astype(int).to_numpy()
-        calibration = (train.predict(booster, holdout), holdout_y) if len(holdout) else None
+        calibration = holdout.calibration()
         columns: dict[str, Any] = {column: profile(numeric[column]) for column in spec.numeric}
         for column in spec.categorical:
             columns[column] = drift.categorical_profile(counts[column], rows)
@@ -381,24 +380,29 @@ class LocalEngine:
             lineage=self._lineage(True, batches, None),
         )
 
-    def _holdout_frame(self, newest: str, positions: np.ndarray) -> pd.DataFrame:
-        """The holdout rows of the newest batch, in holdout order, gathered record batch by record batch.
-
-        Gathered and put in holdout order in Arrow, converted to pandas once (one copy of the holdout, not three).
-        """
+    def _scored_holdout(self, newest: str, positions: np.ndarray, booster: xgb.Booster) -> Holdout:
+        """The holdout rows of the newest batch scored by ``booster`` record batch by record batch, in holdout
+        order: only their ids, labels and scores stay in memory, never the rows."""
+        dataset = self.config.dataset
+        spec = train.feature_spec_of(booster)
         wanted = np.sort(positions)
-        parts: list[pa.RecordBatch] = []
+        columns = list(dict.fromkeys([dataset.id_column, dataset.target, *spec.columns]))
+        parts: list[Holdout] = []
         for _, offset, record_batch in self.lake.scan(
-            self.table, [newest], None, self.chunk_rows([newest], None)
+            self.table, [newest], columns, self.chunk_rows([newest], columns)
         ):
             inside = wanted[(wanted >= offset) & (wanted < offset + record_batch.num_rows)] - offset
             if inside.size:
-                parts.append(record_batch.take(inside))
-        if not parts:
-            return self.lake.read(self.table, [newest]).iloc[0:0]
-        ordered = pa.Table.from_batches(parts).take(np.searchsorted(wanted, positions))
-        del parts
-        return ordered.to_pandas()
+                rows = pa.Table.from_batches([record_batch.take(inside)])
+                parts.append(
+                    Holdout(
+                        ids=rows.column(dataset.id_column).to_numpy(),
+                        labels=rows.column(dataset.target).to_numpy().astype(int),
+                        scores=train.predict(booster, rows),
+                    )
+                )
+        # ``wanted`` is sorted, so the parts hold the rows in position order; put them in holdout order
+        return Holdout.concat(parts).take(np.searchsorted(wanted, positions))
 
     def monitor(self, batch: str, booster: xgb.Booster, profile: dict[str, Any]) -> MonitoredBatch:
         """Drift statistics of one batch and the booster's scores on it, merged over record batches.

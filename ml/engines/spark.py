@@ -39,7 +39,7 @@ import pandas as pd
 
 from ml import drift, performance, quality, train
 from ml.config import LooplineConfig, Paths, SparkConfig
-from ml.engines.base import MonitoredBatch, TrainedModel
+from ml.engines.base import Holdout, MonitoredBatch, TrainedModel
 from ml.engines.spark_profile import profile_columns
 from ml.features import FeatureSpec, resolve_features
 from ml.lake import OBJECT_STORE_PREFIX, Lake, Partition
@@ -675,10 +675,10 @@ class SparkEngine:
             rows.unpersist()
         y, s, w = (histogram.iloc[:, i].to_numpy() for i in range(3))
         importance = train.feature_importance(booster)
-        calibration = None
-        if len(holdout):
-            calibration = (train.predict(booster, holdout), holdout[target].astype(int).to_numpy())
-        profile = _profile_document(count, columns, config.drift.bins, importance, calibration)
+        scored_holdout = Holdout.scored(booster, holdout, config.dataset.id_column, target)
+        profile = _profile_document(
+            count, columns, config.drift.bins, importance, scored_holdout.calibration()
+        )
         return TrainedModel(
             booster=booster,
             spec=spec,
@@ -686,7 +686,7 @@ class SparkEngine:
             train_metrics=weighted_metrics(y, s, w, config.gate.decision_threshold),
             importance=importance,
             train_rows=count,
-            holdout=holdout,
+            holdout=scored_holdout,
             example=sample[[*spec.columns, target]],
             lineage={
                 "loopline.engine": "spark",

@@ -69,11 +69,18 @@ def test_gate_verdicts_equal_local(engine: Any, spark_home: tuple[Any, Any], win
 
 
 def test_split_equals_local(trained: Any, local: dict[str, Any], spark_home: tuple[Any, Any]) -> None:
+    from ml import train
+
     config, _ = spark_home
     split = local["split"]
     assert trained.train_rows == len(split.train)
     ids = config.dataset.id_column
-    assert trained.holdout[ids].tolist() == split.holdout[ids].tolist()
+    assert trained.holdout.ids.tolist() == split.holdout[ids].tolist()
+    expected_labels = split.holdout[config.dataset.target].astype(int).to_numpy()
+    np.testing.assert_array_equal(trained.holdout.labels, expected_labels)
+    np.testing.assert_allclose(
+        trained.holdout.scores, train.predict(trained.booster, split.holdout), rtol=1e-6
+    )
     assert trained.spec == local["spec"]
     assert trained.lineage["loopline.engine"] == "spark"
 

@@ -56,12 +56,16 @@ def test_streaming_training_matches_in_memory(trained: dict, lake: tuple) -> Non
         memory.lineage["loopline.out_of_core"] == "no" and streamed.lineage["loopline.out_of_core"] == "yes"
     )
     assert streamed.train_rows == memory.train_rows
-    pd.testing.assert_frame_equal(streamed.holdout, memory.holdout)
-    target = lake[0].dataset.target
-    y = memory.holdout[target].astype(int).to_numpy()
-    auc_memory = roc_auc(y, train.predict(memory.booster, memory.holdout))
-    auc_streamed = roc_auc(y, train.predict(streamed.booster, streamed.holdout))
+    # the same holdout rows in the same order, each scored by its own booster as it was read
+    np.testing.assert_array_equal(streamed.holdout.ids, memory.holdout.ids)
+    np.testing.assert_array_equal(streamed.holdout.labels, memory.holdout.labels)
+    y = memory.holdout.labels
+    auc_memory, auc_streamed = roc_auc(y, memory.holdout.scores), roc_auc(y, streamed.holdout.scores)
     assert abs(auc_memory - auc_streamed) < 0.005
+    config, paths, keys = lake
+    newest = Lake(paths.lake).read(config.dataset.name, keys[2:3]).set_index(config.dataset.id_column)
+    expected = train.predict(streamed.booster, newest.loc[streamed.holdout.ids])
+    np.testing.assert_allclose(streamed.holdout.scores, expected, rtol=1e-6)
     assert abs(streamed.train_metrics["roc_auc"] - memory.train_metrics["roc_auc"]) < 0.01
 
 

@@ -169,7 +169,9 @@ def test_local_engine_trains_from_arrow_what_the_pandas_path_trained(tmp_path: P
     assert trained.booster.save_raw() == fitted.booster.save_raw()
     assert json.dumps(trained.profile) == json.dumps(profile)
     assert trained.train_rows == len(split.train)
-    pd.testing.assert_frame_equal(trained.holdout, split.holdout)
+    np.testing.assert_array_equal(trained.holdout.ids, split.holdout[dataset.id_column].to_numpy())
+    np.testing.assert_array_equal(trained.holdout.labels, holdout_y)
+    np.testing.assert_array_equal(trained.holdout.scores, train.predict(fitted.booster, split.holdout))
     pd.testing.assert_frame_equal(trained.example, split.train.head(SAMPLE_ROWS))
     y = split.train[dataset.target].astype(int).to_numpy()
     from ml.evaluate import classification_metrics
