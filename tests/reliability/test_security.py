@@ -1,8 +1,8 @@
 """Security: no secrets in the repository, every service on 127.0.0.1, Airflow auth always on, model loading only
 from the configured registry name.
 
-The service commands are captured by starting both profiles (``ml.profiles.start``) with ``Stack.start`` and the
-health waits replaced by recorders: the real functions build every command line and environment, nothing runs.
+Both profiles run for real (``ml.profiles.start``; the prod one on PostgreSQL, Redis and Celery): what they listen
+on is read off the running processes, and their logins are tried over HTTP.
 """
 
 from __future__ import annotations
@@ -14,16 +14,21 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
-from reliability_support import ROOT, case, entered
+import requests
+from reliability_support import ROOT, case, entered, free_ports_in, loopline_env
 
 from ml import profiles, stack
+from ml.airflow_client import AirflowClient
 from ml.config import Paths
 
 REDACTED = "change-me"
+MLFLOW_SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 SECRET_PATTERNS: dict[str, re.Pattern[str]] = {
     "private key": re.compile("-----BEGIN (?:[A-Z0-9]+ )*PRIVATE" + " KEY-----"),
     "AWS access key id": re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
@@ -147,99 +152,150 @@ def test_env_example_holds_placeholders_only_and_real_env_files_are_ignored() ->
             assert ignored.returncode == 0, f"{path} is not git-ignored: a secret could be committed"
 
 
-@pytest.fixture
-def captured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    """Both profiles "started" in their own homes; returns {profile: {name: (command, env)}}."""
-    seen: dict[str, dict[str, tuple[list[str], dict[str, str]]]] = {}
-    current: dict[str, dict[str, tuple[list[str], dict[str, str]]]] = {}
+@dataclass
+class Started:
+    """One profile running for real in its own home."""
 
-    def record_start(self: stack.Stack, name: str, command: list[str], env: dict[str, str]) -> int:
-        current[name] = (list(command), dict(env))
-        return 0
-
-    monkeypatch.setattr(stack.Stack, "start", record_start)
-    for module in (stack, profiles):
-        monkeypatch.setattr(module, "migrate_airflow_db", lambda env, log_file: None)
-        monkeypatch.setattr(module, "wait_healthy", lambda *args, **kwargs: None)
-    monkeypatch.setattr(profiles, "wait_celery_workers", lambda *args, **kwargs: [])
-    monkeypatch.setattr(profiles, "ensure_service_user", lambda url, auth: None)  # nothing listens
-    monkeypatch.setattr(stack.requests, "get", lambda *args, **kwargs: None)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    config_file = ROOT / "loopline.yaml"
-    for profile in ("embedded", "prod"):
-        current = {}
-        home = tmp_path / profile
-        home.mkdir()
-        kwargs: dict[str, Any] = {}
-        if profile == "prod":
-            kwargs = {
-                "database_url": "postgresql://airflow@127.0.0.1:5432/airflow",
-                "broker_url": "redis://127.0.0.1:6379/3",
-                "mlflow_backend_store_uri": "postgresql://mlflow@127.0.0.1:5432/mlflow",
-                "celery_workers": 2,
-            }
-        profiles.start(profile, Paths(home), config_file, airflow_port=28790, mlflow_port=28791, **kwargs)
-        seen[profile] = current
-    yield seen
+    paths: Paths
+    endpoints: stack.Endpoints
+    stack: stack.Stack
+    settings: profiles.ProdSettings | None = None
 
 
-@pytest.mark.fast
-def test_every_service_binds_127_0_0_1(captured: dict[str, Any]) -> None:
+@pytest.fixture(scope="module")
+def running(
+    tmp_path_factory: pytest.TempPathFactory, postgres_databases: Any, redis_db: int
+) -> Iterator[dict[str, Started]]:
+    """Both profiles started for real (the prod one on fresh PostgreSQL databases, a Redis DB of its own and
+    two Celery workers), each in its own home; stopped by pid afterwards."""
+    pg = postgres_databases
+    ports = iter(free_ports_in(28700, 28799, 4))
+    started: dict[str, Started] = {}
+    try:
+        for profile in ("embedded", "prod"):
+            paths = Paths(tmp_path_factory.mktemp(profile))
+            settings: dict[str, Any] = {}
+            if profile == "prod":
+                settings = {
+                    "database_url": pg.url(pg.create("security_airflow")),
+                    "broker_url": f"redis://127.0.0.1:6379/{redis_db}",
+                    "result_backend": "db+" + pg.url(pg.create("security_celery")),
+                    "mlflow_backend_store_uri": pg.url(pg.create("security_mlflow")),
+                    "celery_workers": 2,
+                    "worker_concurrency": 1,
+                }
+            with loopline_env(paths.home):
+                endpoints = profiles.start(
+                    profile,
+                    paths,
+                    ROOT / "loopline.yaml",
+                    airflow_port=next(ports),
+                    mlflow_port=next(ports),
+                    **settings,
+                )
+            prod = profiles.ProdSettings.from_env(**settings) if settings else None
+            started[profile] = Started(paths, endpoints, stack.Stack(paths), prod)
+        yield started
+    finally:
+        for each in started.values():
+            each.stack.stop(timeout=10)
+
+
+def _listening(pid: int) -> list[tuple[str, int]]:
+    """The (address, port) of every TCP socket the process ``pid`` or any of its children listens on."""
+    import psutil
+
+    root = psutil.Process(pid)
+    found = set()
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            connections = process.net_connections(kind="inet")
+        except psutil.NoSuchProcess:  # a short-lived child (a task runner) ended meanwhile
+            continue
+        found |= {(c.laddr.ip, c.laddr.port) for c in connections if c.status == psutil.CONN_LISTEN}
+    return sorted(found)
+
+
+@pytest.mark.e2e
+def test_every_service_binds_127_0_0_1(running: dict[str, Started]) -> None:
+    """Read off the running processes: every socket any of them (or their children) listens on is on loopback."""
     with case("security", "every service of both profiles binds 127.0.0.1"):
-        assert set(captured["prod"]) >= {
+        processes = {profile: each.stack.running() for profile, each in running.items()}
+        assert set(processes["prod"]) >= {
             "airflow-api-server",
+            "airflow-scheduler",
             "celery-worker-1",
             "celery-worker-2",
             "mlflow-server",
         }
-        for profile, services in captured.items():
-            for name, (command, env) in services.items():
-                where = f"{profile}/{name}"
-                added = {k: v for k, v in env.items() if os.environ.get(k) != v}
-                assert not [k for k, v in added.items() if "0.0.0.0" in v], f"{where}: 0.0.0.0 in its env"
-                assert "0.0.0.0" not in command and "::" not in command, f"{where}: {command}"
-                if "--host" in command:
-                    assert command[command.index("--host") + 1] == "127.0.0.1", f"{where}: {command}"
-                if "mlflow" in Path(command[0]).name:
-                    assert "--host" in command, f"{where}: mlflow server without --host binds its default"
-                if name == "airflow-api-server":
-                    assert env["AIRFLOW__API__HOST"] == "127.0.0.1", where
-                if any(part in command for part in ("scheduler", "triggerer", "worker")):
-                    assert "--skip-serve-logs" in command, f"{where}: its log server would listen on 0.0.0.0"
+        listeners: dict[str, list[tuple[str, int]]] = {}
+        for profile, services in processes.items():
+            for name, pid in services.items():
+                listeners[f"{profile}/{name}"] = _listening(pid)
+        wildcard = {
+            where: found for where, found in listeners.items() if any(ip != "127.0.0.1" for ip, _ in found)
+        }
+        assert wildcard == {}, f"listening beyond loopback: {wildcard}"
+        for profile, each in running.items():  # the check saw the UIs' sockets: it could have failed
+            ports = {
+                port for where, found in listeners.items() if where.startswith(profile) for _, port in found
+            }
+            for url in (each.endpoints.airflow_url, each.endpoints.mlflow_url):
+                assert url and urlsplit(url).port in ports, (
+                    f"{profile}: nothing listens at {url}: {listeners}"
+                )
+        workers = [
+            found
+            for where, found in listeners.items()
+            if any(part in where for part in ("celery-worker", "scheduler", "triggerer"))
+        ]
+        assert all(found == [] for found in workers), f"a worker or scheduler serves logs: {listeners}"
 
 
-@pytest.mark.fast
-def test_mlflow_requires_a_login_in_the_prod_profile(captured: dict[str, Any], tmp_path: Path) -> None:
+def _mlflow_status(url: str, auth: tuple[str, str] | None) -> int:
+    return requests.get(f"{url}{MLFLOW_SEARCH}", auth=auth, timeout=30).status_code
+
+
+@pytest.mark.e2e
+def test_mlflow_requires_a_login_in_the_prod_profile(running: dict[str, Started]) -> None:
     import configparser
     import json
 
     with case(
         "security", "prod MLflow runs basic auth (generated admin password); DAGs log in via a connection"
     ):
-        command, env = captured["prod"]["mlflow-server"]
-        assert command[command.index("--app-name") + 1] == "basic-auth"
-        assert "MLFLOW_AUTH_ADMIN_PASSWORD" not in env, (
-            "the admin password comes from the 0600 config file only"
-        )
-        config_file = Path(env["MLFLOW_AUTH_CONFIG_PATH"])
-        assert stat.S_IMODE(config_file.stat().st_mode) == 0o600
-        assert config_file.is_relative_to(tmp_path / "prod")  # the profile's own home
+        prod = running["prod"]
+        url = prod.endpoints.mlflow_url
+        assert url and prod.settings
+        auth = profiles.mlflow_auth(prod.paths)
+        assert stat.S_IMODE(auth.config_file.stat().st_mode) == 0o600
+        assert auth.config_file.is_relative_to(prod.paths.home)  # the profile's own home
         settings = configparser.ConfigParser()
-        settings.read(config_file)
+        settings.read(auth.config_file)
         admin_password = settings["mlflow"]["admin_password"]
         assert len(admin_password) >= 24 and admin_password not in {"password", "password1234", "admin"}
-        assert settings["mlflow"]["database_uri"] == f"sqlite:///{config_file.parent / 'basic_auth.db'}"
-        assert len(env["MLFLOW_FLASK_SERVER_SECRET_KEY"]) >= 32
-        for name, (_, airflow) in captured["prod"].items():
-            if not name.startswith(("airflow", "celery")):
-                continue
-            connection = json.loads(airflow["AIRFLOW_CONN_MLFLOW_DEFAULT"])
-            assert (connection["host"], connection["login"]) == ("127.0.0.1", "loopline"), name
-            assert connection["password"] not in (admin_password, "")
-            assert not {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} & set(
-                airflow
-            ), f"{name}: MLflow's address or login outside the connection"
-        assert "--app-name" not in captured["embedded"]["mlflow-ui"][0], "the local UI needs no login"
+        assert _mlflow_status(url, None) == 401
+        assert _mlflow_status(url, ("admin", "password1234")) == 401  # MLflow's default admin is not there
+        assert _mlflow_status(url, (settings["mlflow"]["admin_username"], admin_password)) == 200
+        # the DAGs' login: the Airflow connection the prod profile gives every Airflow process
+        airflow_env = profiles.prod_airflow_env(
+            prod.paths,
+            ROOT / "loopline.yaml",
+            urlsplit(prod.endpoints.airflow_url).port or 0,
+            prod.settings,
+            url,
+        )
+        connection = json.loads(airflow_env["AIRFLOW_CONN_MLFLOW_DEFAULT"])
+        assert (connection["host"], connection["login"]) == ("127.0.0.1", "loopline")
+        assert connection["password"] not in (admin_password, "")
+        assert _mlflow_status(url, (connection["login"], connection["password"])) == 200
+        assert not {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} & set(
+            airflow_env
+        ), "MLflow's address or login outside the connection"
+        embedded = running["embedded"].endpoints
+        assert embedded.mlflow_url and _mlflow_status(embedded.mlflow_url, None) == 200, (
+            "the local UI asks no login"
+        )
 
 
 @pytest.mark.fast
@@ -270,32 +326,41 @@ def test_no_wildcard_address_in_loopline_code() -> None:
         assert settings.ServeSettings.model_fields["host"].default == "127.0.0.1"
 
 
-@pytest.mark.fast
-def test_airflow_auth_is_on_in_every_profile(captured: dict[str, Any]) -> None:
+@pytest.mark.e2e
+def test_airflow_auth_is_on_in_every_profile(running: dict[str, Started]) -> None:
     with case("security", "Airflow auth on in both profiles, per-home generated passwords"):
-        for profile, services in captured.items():
-            for name, (_, env) in services.items():
-                if not name.startswith(("airflow", "celery")):
-                    continue
-                assert "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS" not in env, f"{profile}/{name}"
-                assert env.get("AIRFLOW__CORE__AUTH_MANAGER", "simple_auth_manager").endswith(
-                    ("simple_auth_manager", "SimpleAuthManager")
-                ), env.get("AIRFLOW__CORE__AUTH_MANAGER")
-                assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin"
-                passwords = Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
-                assert stat.S_IMODE(passwords.stat().st_mode) == 0o600
-        embedded = captured["embedded"]["airflow-api-server"][1]
-        prod = captured["prod"]["airflow-api-server"][1]
+        for profile, each in running.items():
+            api = f"{each.endpoints.airflow_url}/api/v2/dags"
+            assert requests.get(api, timeout=30).status_code == 401, (
+                f"{profile}: the API answers without a login"
+            )
+            refused = requests.post(
+                f"{each.endpoints.airflow_url}/auth/token",
+                json={"username": "admin", "password": "admin"},
+                timeout=30,
+            )
+            assert refused.status_code in (401, 403), f"{profile}: admin/admin logs in"
+            client = AirflowClient(
+                each.endpoints.airflow_url, each.endpoints.username, each.endpoints.password
+            )
+            assert "dags" in client._call("GET", "/dags", params={"limit": 1})
+            env = stack.airflow_env(
+                each.paths, ROOT / "loopline.yaml", urlsplit(each.endpoints.airflow_url).port or 0
+            )
+            assert "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS" not in env, profile
+            passwords = Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+            assert stat.S_IMODE(passwords.stat().st_mode) == 0o600
+        homes = [each.paths for each in running.values()]
+        envs = [stack.airflow_env(paths, ROOT / "loopline.yaml", 8080) for paths in homes]
         for key in (
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE",
             "AIRFLOW__API_AUTH__JWT_SECRET",
             "AIRFLOW__API__SECRET_KEY",
         ):
-            assert embedded[key] != prod[key], f"{key} is the same in two homes"
-        first = stack.airflow_password(Paths(Path(embedded["LOOPLINE_HOME"])))
-        second = stack.airflow_password(Paths(Path(prod["LOOPLINE_HOME"])))
+            assert envs[0][key] != envs[1][key], f"{key} is the same in two homes"
+        first, second = (stack.airflow_password(paths) for paths in homes)
         assert first != second and len(first) >= 16 and first != "admin"
-        assert stack.airflow_password(Paths(Path(embedded["LOOPLINE_HOME"]))) == first, "not stable per home"
+        assert stack.airflow_password(homes[0]) == first, "not stable per home"
 
 
 @pytest.mark.fast
