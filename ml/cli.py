@@ -191,9 +191,10 @@ def _request_retrain(args: argparse.Namespace) -> int:
             "$LOOPLINE_AIRFLOW_URL at its API server"
         ) from exc
     note = f"loopline retrain by {getpass.getuser()}: {args.reason or 'no reason given'}"
+    conf = {"reason": note} | ({"end_batch": args.end_batch} if args.end_batch else {})
     run_id = client.trigger(
-        TRAIN_DAG, conf={"end_batch": args.end_batch} if args.end_batch else {}, note=note
-    )
+        TRAIN_DAG, conf=conf, note=note
+    )  # the note shows in Airflow, the reason in MLflow
     print(f"{TRAIN_DAG} run {run_id} requested: {url}/dags/{TRAIN_DAG}/runs/{run_id}")
     if (client.dag(TRAIN_DAG) or {}).get("is_paused"):
         print(f"warning: the DAG {TRAIN_DAG} is paused in Airflow: the run starts once it is unpaused")
@@ -404,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
         "action", nargs="?", choices=["pause", "resume", "status"], help="omit to trigger loopline_train now"
     )
     retrain.add_argument("--end-batch", help="last batch of the training window (default: the newest)")
-    retrain.add_argument("--reason", help="why: shown as the run's note in Airflow")
+    retrain.add_argument(
+        "--reason", help="why: the run's note in Airflow and its loopline.reason tag in MLflow"
+    )
     retrain.add_argument(
         "--airflow-url",
         help="Airflow API server (default: $LOOPLINE_AIRFLOW_URL, else what `loopline up` started, else "

@@ -108,7 +108,8 @@ def batches_from_events(context: Any, asset_name: str) -> list[str]:
 
 
 def trigger_of(context: Any) -> tuple[str, dict[str, Any]]:
-    """How this run started (drift, manual, scheduled, backfill) and the extra of its triggering event, if any."""
+    """How this run started (drift, manual, scheduled, backfill) and the extra of its triggering event, if any
+    (a run triggered by hand: the ``reason`` of its conf, when it gives one)."""
     events = context.get("triggering_asset_events") or {}
     for asset_events in events.values():
         for event in asset_events:
@@ -116,7 +117,8 @@ def trigger_of(context: Any) -> tuple[str, dict[str, Any]]:
             return str(extra.get("trigger", "drift")), extra
     dag_run = context.get("dag_run")
     run_type = str(getattr(dag_run, "run_type", "manual") or "manual")
-    return run_type.rsplit(".", 1)[-1].lower(), {}
+    reason = (getattr(dag_run, "conf", None) or {}).get("reason")  # `loopline retrain --reason`, or the API
+    return run_type.rsplit(".", 1)[-1].lower(), {"reason": str(reason)} if reason else {}
 
 
 def no_retry_on(*errors: type[BaseException]) -> Callable[[Callable[P, R]], Callable[P, R]]:

@@ -54,8 +54,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         restore.undo()
 
 
-def _review(client: AirflowClient, option: str) -> tuple[str, dict]:
-    run_id = client.trigger("loopline_train", {})
+def _review(client: AirflowClient, option: str, reason: str) -> tuple[str, dict]:
+    run_id = client.trigger("loopline_train", {"reason": reason})  # as `loopline retrain --reason` does
     client.wait_task_state("loopline_train", run_id, "approval", {"awaiting_input"}, timeout=400)
     pending = [p for p in client.pending_reviews() if p["task_instance"]["dag_run_id"] == run_id]
     assert len(pending) == 1
@@ -68,17 +68,24 @@ def _review(client: AirflowClient, option: str) -> tuple[str, dict]:
 
 
 def test_approve_promotes_then_reject_keeps_the_champion(stack) -> None:
+    import mlflow
+
     client, config = stack
-    run_id, run = _review(client, "Approve")
+    run_id, run = _review(client, "Approve", "labels of 2025-03 corrected")
     assert run["state"] == "success"
     assert registry.champion(config).version == "1"
     moves = registry.champion_moves(config)
     assert "approved by admin" in moves[-1]["by"]
     trained = client.xcom("loopline_train", run_id, "train")
+    run_tags = mlflow.MlflowClient().get_run(trained["run_id"]).data.tags
+    assert (run_tags["loopline.trigger"], run_tags["loopline.reason"]) == (
+        "manual",
+        "labels of 2025-03 corrected",
+    )
     link = client.extra_links("loopline_train", run_id, "train")["MLflow run"]
     assert link and link.endswith(f"/runs/{trained['run_id']}") and link.startswith(config.registry.ui_url)
 
-    run_id, run = _review(client, "Reject")
+    run_id, run = _review(client, "Reject", "try a deeper model")
     assert run["state"] == "success"
     states = {task: ti["state"] for task, ti in client.task_instances("loopline_train", run_id).items()}
     assert states["promote"] == "skipped" and states["record_review"] == "success"

@@ -188,7 +188,10 @@ def test_retrain_triggers_loopline_train_through_the_rest_api(
         "path": "/api/v2/dags/loopline_train/dagRuns",
         "body": {
             "logical_date": None,
-            "conf": {"end_batch": "2025-08"},
+            "conf": {
+                "reason": f"loopline retrain by {getpass.getuser()}: export fixed",
+                "end_batch": "2025-08",
+            },
             "note": f"loopline retrain by {getpass.getuser()}: export fixed",
         },
         "auth": "Bearer token-1",
