@@ -191,10 +191,9 @@ def _request_retrain(args: argparse.Namespace) -> int:
             "$LOOPLINE_AIRFLOW_URL at its API server"
         ) from exc
     note = f"loopline retrain by {getpass.getuser()}: {args.reason or 'no reason given'}"
+    # the note shows in Airflow; the reason in the conf becomes the MLflow run's loopline.reason tag
     conf = {"reason": note} | ({"end_batch": args.end_batch} if args.end_batch else {})
-    run_id = client.trigger(
-        TRAIN_DAG, conf=conf, note=note
-    )  # the note shows in Airflow, the reason in MLflow
+    run_id = client.trigger(TRAIN_DAG, conf=conf, note=note)
     print(f"{TRAIN_DAG} run {run_id} requested: {url}/dags/{TRAIN_DAG}/runs/{run_id}")
     if (client.dag(TRAIN_DAG) or {}).get("is_paused"):
         print(f"warning: the DAG {TRAIN_DAG} is paused in Airflow: the run starts once it is unpaused")

@@ -18,6 +18,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
     import xgboost as xgb
 
     from ml.config import LooplineConfig, Paths
@@ -43,13 +44,15 @@ class Holdout:
         return len(self.labels)
 
     @classmethod
-    def scored(cls, booster: xgb.Booster, rows: pd.DataFrame, id_column: str, target: str) -> Holdout:
-        """The holdout of rows already in memory, scored by ``booster``."""
+    def scored(
+        cls, booster: xgb.Booster, rows: pd.DataFrame | pa.Table, id_column: str, target: str
+    ) -> Holdout:
+        """Holdout rows (a DataFrame, or Arrow record batches as a table) scored by ``booster``."""
         from ml import train
 
         return cls(
-            ids=rows[id_column].to_numpy(),
-            labels=rows[target].astype(int).to_numpy(),
+            ids=np.asarray(rows[id_column]),
+            labels=np.asarray(rows[target]).astype(int),
             scores=train.predict(booster, rows) if len(rows) else np.zeros(0),
         )
 

@@ -394,13 +394,7 @@ class LocalEngine:
             inside = wanted[(wanted >= offset) & (wanted < offset + record_batch.num_rows)] - offset
             if inside.size:
                 rows = pa.Table.from_batches([record_batch.take(inside)])
-                parts.append(
-                    Holdout(
-                        ids=rows.column(dataset.id_column).to_numpy(),
-                        labels=rows.column(dataset.target).to_numpy().astype(int),
-                        scores=train.predict(booster, rows),
-                    )
-                )
+                parts.append(Holdout.scored(booster, rows, dataset.id_column, dataset.target))
         # ``wanted`` is sorted, so the parts hold the rows in position order; put them in holdout order
         return Holdout.concat(parts).take(np.searchsorted(wanted, positions))
 
