@@ -93,8 +93,13 @@ def cmd_labels(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     from ml.stack import Stack
 
-    stopped = Stack(Paths.from_env()).stop()
-    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    done = Stack(Paths.from_env()).terminate(timeout=args.timeout)
+    print("stopped: " + (", ".join(done.stopped) if done.stopped else "nothing was running"))
+    if done.killed:
+        print(
+            f"killed after {args.timeout:g} s: {', '.join(done.killed)} (still busy; Airflow retries a task a "
+            "killed worker was running; give busy workers longer with `loopline down --timeout SECONDS`)"
+        )
     return 0
 
 
@@ -357,7 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.set_defaults(handler=cmd_up)
 
-    commands.add("down", help="stop every process `up` or `demo` started").set_defaults(handler=cmd_down)
+    down = commands.add("down", help="stop every process `up` or `demo` started")
+    down.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds each process may take to exit after SIGTERM before it is killed (a Celery worker first "
+        "finishes its running tasks; default 30)",
+    )
+    down.set_defaults(handler=cmd_down)
     serve = commands.add("serve", help="serve the champion over HTTP on 127.0.0.1 (docs/serving.md)")
     serve.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
     serve.add_argument("--port", type=int)

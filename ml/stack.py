@@ -235,18 +235,31 @@ class Stack:
 
         SIGKILL after ``timeout``. Returns the names stopped.
         """
+        return self.terminate(timeout, names).stopped
+
+    def terminate(self, timeout: float = 30.0, names: Collection[str] | None = None) -> Stopped:
+        """``stop``, saying which processes had to be killed: still running ``timeout`` seconds after SIGTERM
+        (a Celery worker finishes its running tasks first; one killed mid-task is retried elsewhere)."""
         running = {k: v for k, v in self.running().items() if names is None or k in names}
         for pid in running.values():
             _signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and any(_alive(pid) for pid in running.values()):
             time.sleep(0.2)
-        for pid in running.values():
-            if _alive(pid):
-                _signal_group(pid, signal.SIGKILL)
+        killed = sorted(name for name, pid in running.items() if _alive(pid))
+        for name in killed:
+            _signal_group(running[name], signal.SIGKILL)
         for name in running:
             self._pid_file(name).unlink(missing_ok=True)
-        return sorted(running)
+        return Stopped(sorted(running), killed)
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """What ``Stack.terminate`` stopped, and which of those it had to SIGKILL."""
+
+    stopped: list[str]
+    killed: list[str]
 
 
 def _alive(pid: int) -> bool:
