@@ -179,6 +179,10 @@ def airflow_env(
     return env
 
 
+STOPPED_LAST = ("airflow-api-server", "mlflow-server", "mlflow-ui")
+"""Processes ``Stack.terminate`` stops after all others, in this order: the ones the others report to."""
+
+
 class Stack:
     """The processes of one deployment under one home."""
 
@@ -238,20 +242,28 @@ class Stack:
         return self.terminate(timeout, names).stopped
 
     def terminate(self, timeout: float = 30.0, names: Collection[str] | None = None) -> Stopped:
-        """``stop``, saying which processes had to be killed: still running ``timeout`` seconds after SIGTERM
-        (a Celery worker finishes its running tasks first; one killed mid-task is retried elsewhere)."""
+        """``stop``, saying which processes had to be killed: still running ``timeout`` seconds after SIGTERM.
+
+        The servers the others report to stop last (``STOPPED_LAST``, in order): a Celery worker finishes its
+        running tasks first, and their supervisors report the tasks' end to the api-server, which must still
+        answer (a worker killed mid-task has its task retried elsewhere).
+        """
         running = {k: v for k, v in self.running().items() if names is None or k in names}
-        for pid in running.values():
-            _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(_alive(pid) for pid in running.values()):
-            time.sleep(0.2)
-        killed = sorted(name for name, pid in running.items() if _alive(pid))
-        for name in killed:
-            _signal_group(running[name], signal.SIGKILL)
-        for name in running:
-            self._pid_file(name).unlink(missing_ok=True)
-        return Stopped(sorted(running), killed)
+        phases = [[name for name in running if name not in STOPPED_LAST]]
+        phases += [[name] for name in STOPPED_LAST if name in running]
+        killed: list[str] = []
+        for phase in phases:
+            for name in phase:
+                _signal_group(running[name], signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and any(_alive(running[name]) for name in phase):
+                time.sleep(0.2)
+            for name in phase:
+                if _alive(running[name]):
+                    _signal_group(running[name], signal.SIGKILL)
+                    killed.append(name)
+                self._pid_file(name).unlink(missing_ok=True)
+        return Stopped(sorted(running), sorted(killed))
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,7 @@ def test_up_prints_urls_that_answer_and_down_stops_every_process(operator_env: d
     down_seconds = time.monotonic() - started
     stopped, *killed = down.stdout.strip().splitlines()
     assert stopped == "stopped: " + ", ".join(sorted(running)), down.stdout
-    # a process still busy 30 s after SIGTERM is killed, and named (seen under load: the machine, not `down`)
+    # a process still busy 30 s after SIGTERM would be killed and named on a line of its own
     assert all(line.startswith("killed after 30 s: ") for line in killed), down.stdout
     assert stack.running() == {}
     deadline = time.monotonic() + 10  # children of a killed group may need a moment to be reaped
