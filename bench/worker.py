@@ -613,6 +613,7 @@ def out_of_core_step(args: Args) -> dict[str, Any]:
 
     from ml import train
     from ml.engines.local import LocalEngine
+    from ml.evaluate import roc_auc
 
     if args["step"] == "imports":
         import great_expectations  # noqa: F401
@@ -637,8 +638,13 @@ def out_of_core_step(args: Args) -> dict[str, Any]:
         model.mkdir(parents=True, exist_ok=True)
         trained.booster.save_model(model / "booster.ubj")
         (model / "profile.json").write_text(json.dumps(trained.profile))
-        found = {"train_rows": trained.train_rows, "holdout_rows": len(trained.holdout)}
-        found["train_roc_auc"] = trained.train_metrics["roc_auc"]
+        found = {
+            "train_rows": trained.train_rows,
+            "boosted_rows": int(trained.lineage["loopline.boosted_rows"]),
+            "holdout_rows": len(trained.holdout),
+            "train_roc_auc": trained.train_metrics["roc_auc"],
+            "holdout_roc_auc": roc_auc(trained.holdout.labels, trained.holdout.scores),
+        }
         rows, streamed = trained.train_rows, trained.lineage["loopline.out_of_core"] == "yes"
     else:
         booster = xgb.Booster()

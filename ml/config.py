@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # (defined in the stdlib-only ml.dag_settings, which the DAG files read at parse time; re-exported here)
 from ml.dag_settings import DEFAULT_CONFIG_FILE as DEFAULT_CONFIG_FILE
@@ -435,7 +435,21 @@ class EngineConfig(_Strict):
         description="Local engine: auto streams past memory_budget_mb; always/never force the choice "
         "(always: check the streaming path on small data; never: trust the worker's memory).",
     )
+    max_boosting_rows: int | Literal["auto"] | None = Field(
+        default="auto",
+        description="Local engine, streamed training: boosting takes at most this many of the window's "
+        "training rows, a sample by a hash of the id column (the same rows on every run; the profile and "
+        "the training metrics still cover every row). auto: what half of memory_budget_mb holds at "
+        "XGBoost's ~40 bytes of state per row (the only state that grows with the window); null: every row.",
+    )
     spark: SparkConfig = SparkConfig()
+
+    @field_validator("max_boosting_rows")
+    @classmethod
+    def _positive_rows(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and value < 1000:
+            raise ValueError(f"engine.max_boosting_rows is {value}: use at least 1000, auto or null")
+        return value
 
 
 class LooplineConfig(_Strict):

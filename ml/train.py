@@ -264,6 +264,31 @@ class FrameIter(xgb.DataIter):
         self._current = None
 
 
+ID_BUCKETS = 1024
+"""The buckets a hash of the id splits rows into: a boosting sample is made of whole buckets (1/1024 steps)."""
+
+
+def id_buckets(ids: pd.Series | np.ndarray) -> np.ndarray:
+    """Each row's bucket in ``0 .. ID_BUCKETS - 1``: the top ten bits of a fixed hash of its id.
+
+    An id lands in the same bucket on every run and every machine, so whole buckets make a uniform sample of
+    rows that a rerun reproduces.
+    """
+    hashed = pd.util.hash_array(np.asarray(ids))
+    return (hashed >> np.uint64(64 - 10)).astype(np.int64)
+
+
+def sampled_buckets(rows_per_bucket: np.ndarray, max_rows: int) -> int:
+    """How many leading buckets a sample of at most ``max_rows`` rows takes (at least one)."""
+    return max(1, int(np.count_nonzero(np.cumsum(rows_per_bucket) <= max_rows)))
+
+
+def boosting_tags(boosted: int, buckets: int = ID_BUCKETS) -> dict[str, str]:
+    """The run's tags on what boosting saw: every training row, or a sample of whole id-hash buckets."""
+    sample = "all training rows" if buckets == ID_BUCKETS else f"{buckets}/{ID_BUCKETS} id-hash buckets"
+    return {"loopline.boosted_rows": str(boosted), "loopline.boosting_sample": sample}
+
+
 def fit_external(
     chunks: Callable[[], Iterable[pd.DataFrame]],
     spec: FeatureSpec,

@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SAMPLE_ROWS = 100
 """Training rows handed to the registry for the signature and the dataset inputs."""
+XGBOOST_ROW_BYTES = 40
+"""XGBoost's memory per boosted row out of core (gradients, labels, prediction cache, row partitions): 32 to
+37 bytes measured by ``bench.outofcore``; ``engine.max_boosting_rows: auto`` gives it half the budget."""
 
 
 class LocalEngine:
@@ -230,7 +233,7 @@ class LocalEngine:
             lambda importance, calibration: drift.assemble_profile(
                 columns, fitted.scores, len(y), bins, importance=importance, calibration=calibration
             ),
-            self._lineage(False, batches, None),
+            {**self._lineage(False, batches, None), **train.boosting_tags(len(y))},
         )
 
     def _trained(
@@ -287,7 +290,10 @@ class LocalEngine:
            exact (``quantiles.StreamedColumns``: two or three passes for millions of rows).
 
         Nothing per row stays in memory but XGBoost's own state (gradients, labels, prediction cache: about 40
-        bytes per training row) and the holdout's ids, labels and scores (``Holdout``: 24 bytes per row).
+        bytes per boosted row) and the holdout's ids, labels and scores (``Holdout``: 24 bytes per row). Past
+        ``engine.max_boosting_rows`` boosting takes whole buckets of a hash of the id (``train.id_buckets``)
+        up to that many rows, so XGBoost's state stays within its share of the budget however long the window;
+        the profile and the training metrics still cover every training row.
         """
         dataset, newest = self.config.dataset, batches[-1]
         spec = self._spec(newest)
@@ -316,28 +322,44 @@ class LocalEngine:
         # A quarter of the budget for the selections' state (a record batch takes an eighth, XGBoost the rest).
         numeric = quantiles.StreamedColumns(spec.numeric, profile, budget // 4)
         needed = [*spec.columns, dataset.target]
+        with_ids = list(dict.fromkeys([*needed, dataset.id_column]))
         rows, positives, sample = 0, 0, None
+        bucket_rows = np.zeros(train.ID_BUCKETS, dtype=np.int64)
+        bucket_positives = np.zeros(train.ID_BUCKETS, dtype=np.int64)
         counts: dict[str, dict[str, int]] = {column: {} for column in spec.categorical}
         seen: dict[str, set[str]] = {column: set() for column in spec.categorical}
-        for frame in training(needed):
-            rows += len(frame)
-            positives += int(frame[dataset.target].astype("int64").sum())
-            sample = frame.head(SAMPLE_ROWS).copy() if sample is None else sample
+        for frame in training(with_ids):
+            y = frame[dataset.target].astype("int64").to_numpy()
+            buckets = train.id_buckets(frame[dataset.id_column])
+            bucket_rows += np.bincount(buckets, minlength=train.ID_BUCKETS)
+            bucket_positives += np.bincount(buckets, weights=y, minlength=train.ID_BUCKETS).astype(np.int64)
+            rows, positives = rows + len(frame), positives + int(y.sum())
+            sample = frame.head(SAMPLE_ROWS)[needed].copy() if sample is None else sample
             for column, found in fit_vocabulary(frame, spec).items():
                 seen[column].update(found)
                 counts[column] = drift.merge_counts(counts[column], drift.category_counts(frame[column]))
             numeric.add(frame)
         numeric.end_pass()
         vocabulary = {column: sorted(found) for column, found in seen.items()}
+        kept = self._boosting_buckets(bucket_rows)
+        boosted = int(bucket_rows[:kept].sum())
+
+        def boosting() -> Iterator[pd.DataFrame]:
+            if kept == train.ID_BUCKETS:
+                yield from training(needed)
+                return
+            for frame in training(with_ids):
+                yield frame[train.id_buckets(frame[dataset.id_column]) < kept]
+
         with tempfile.TemporaryDirectory(prefix="loopline-xgb-") as cache:
             booster = train.fit_external(
-                lambda: training(needed),
+                boosting,
                 spec,
                 dataset.target,
                 params,
                 vocabulary,
-                rows,
-                positives,
+                boosted,
+                int(bucket_positives[:kept].sum()),
                 Path(cache),
             )
             scores = quantiles.StreamedSelection(profile, budget // 8)
@@ -377,8 +399,36 @@ class LocalEngine:
             train_rows=rows,
             holdout=holdout,
             example=sample,
-            lineage=self._lineage(True, batches, None),
+            lineage={**self._lineage(True, batches, None), **train.boosting_tags(boosted, kept)},
         )
+
+    def _boosting_buckets(self, bucket_rows: np.ndarray) -> int:
+        """How many id-hash buckets streamed boosting takes: all of them, or as many as
+        ``engine.max_boosting_rows`` allows (logged, with how to change it)."""
+        engine, rows = self.config.engine, int(bucket_rows.sum())
+        limit = engine.max_boosting_rows
+        if limit == "auto":
+            limit = engine.memory_budget_mb * 2**20 // 2 // XGBOOST_ROW_BYTES
+        if limit is None or rows <= limit:
+            return train.ID_BUCKETS
+        kept = train.sampled_buckets(bucket_rows, limit)
+        log.warning(
+            "boosting on %d of %d training rows (%.1f%%, %d/%d buckets of a hash of %s; the profile and training "
+            "metrics use every row): engine.max_boosting_rows is %s (%d rows; auto is what half of "
+            "engine.memory_budget_mb %d holds at %d bytes of XGBoost state per row). Raise the budget or set "
+            "max_boosting_rows (null: every row) to boost on more.",
+            int(bucket_rows[:kept].sum()),
+            rows,
+            100 * bucket_rows[:kept].sum() / rows,
+            kept,
+            train.ID_BUCKETS,
+            self.config.dataset.id_column,
+            engine.max_boosting_rows,
+            limit,
+            engine.memory_budget_mb,
+            XGBOOST_ROW_BYTES,
+        )
+        return kept
 
     def _scored_holdout(self, newest: str, positions: np.ndarray, booster: xgb.Booster) -> Holdout:
         """The holdout rows of the newest batch scored by ``booster`` record batch by record batch, in holdout

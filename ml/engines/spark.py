@@ -694,6 +694,7 @@ class SparkEngine:
                 "loopline.spark.num_workers": str(self.spark.num_workers),
                 "loopline.spark.version": session.version,
                 "loopline.partitions": ",".join(batches),
+                **train.boosting_tags(count),
             },
         )
 

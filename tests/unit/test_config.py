@@ -88,3 +88,19 @@ def test_sql_source_needs_time_batching(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="reads one time window per batch"):
         load_config(_write(tmp_path, sql))
+
+
+def test_max_boosting_rows_takes_a_count_auto_or_null(tmp_path: Path) -> None:
+    assert load_config(_write(tmp_path, MINIMAL)).engine.max_boosting_rows == "auto"
+    chosen = load_config(_write(tmp_path, MINIMAL + "engine: {max_boosting_rows: 2000000}\n"))
+    assert chosen.engine.max_boosting_rows == 2_000_000
+    assert (
+        load_config(
+            _write(tmp_path, MINIMAL + "engine: {max_boosting_rows: null}\n")
+        ).engine.max_boosting_rows
+        is None
+    )
+    with pytest.raises(ConfigError, match=r"engine\.max_boosting_rows.*at least 1000, auto or null"):
+        load_config(_write(tmp_path, MINIMAL + "engine: {max_boosting_rows: 10}\n"))
+    with pytest.raises(ConfigError, match=r"engine\.max_boosting_rows"):
+        load_config(_write(tmp_path, MINIMAL + "engine: {max_boosting_rows: some}\n"))

@@ -265,3 +265,55 @@ def test_streamed_training_metrics_equal_the_per_row_metrics() -> None:
     for key, value in expected.items():
         tolerance = 1e-4 if key in {"roc_auc", "pr_auc"} else 1e-12
         assert found[key] == pytest.approx(value, rel=tolerance, abs=tolerance), key
+
+
+def test_streamed_boosting_takes_whole_id_buckets_up_to_max_boosting_rows(trained: dict, lake: tuple) -> None:
+    """Past engine.max_boosting_rows XGBoost sees a reproducible id-hash sample; the profile and the training
+    metrics still cover every training row."""
+    config, paths, keys = lake
+    memory = trained["never"]
+    limit = memory.train_rows // 2
+    engine = _engine(config, paths, "always")
+    engine = LocalEngine(
+        engine.config.model_copy(
+            update={"engine": engine.config.engine.model_copy(update={"max_boosting_rows": limit})}
+        ),
+        paths,
+    )
+    params = train.hyperparameters(config.training, PARAMS)
+    sampled, again = engine.train(keys[:3], params), engine.train(keys[:3], params)
+
+    kept = int(sampled.lineage["loopline.boosting_sample"].split("/")[0])
+    window = Lake(paths.lake).read(config.dataset.name, keys[:3])
+    labelled = window[window[config.dataset.target].notna()]
+    training_ids = labelled.loc[
+        ~labelled[config.dataset.id_column].isin(memory.holdout.ids), config.dataset.id_column
+    ]
+    buckets = train.id_buckets(training_ids)
+    assert len(training_ids) == memory.train_rows == sampled.train_rows
+    boosted = int(sampled.lineage["loopline.boosted_rows"])
+    assert boosted == int((buckets < kept).sum()) <= limit < int((buckets <= kept).sum())
+    assert boosted > 0.45 * memory.train_rows
+    assert sampled.profile["rows"] == memory.profile["rows"]  # the profile reads every training row
+    for key in ("rows", "positive_rate"):  # the training metrics score every training row
+        assert sampled.train_metrics[key] == memory.train_metrics[key]
+    y = memory.holdout.labels
+    assert abs(roc_auc(y, sampled.holdout.scores) - roc_auc(y, memory.holdout.scores)) < 0.02
+    np.testing.assert_array_equal(sampled.holdout.scores, again.holdout.scores)  # the same sample on a rerun
+    assert memory.lineage["loopline.boosting_sample"] == trained["always"].lineage["loopline.boosting_sample"]
+    assert trained["always"].lineage["loopline.boosted_rows"] == str(memory.train_rows)
+
+
+@pytest.mark.fast
+def test_id_buckets_are_a_fixed_uniform_hash_of_the_id() -> None:
+    ids = np.arange(200_000, dtype=np.int64)
+    buckets = train.id_buckets(ids)
+    assert buckets.min() >= 0 and buckets.max() < train.ID_BUCKETS
+    np.testing.assert_array_equal(buckets, train.id_buckets(pd.Series(ids)))  # no state between calls
+    per_bucket = np.bincount(buckets, minlength=train.ID_BUCKETS)
+    assert per_bucket.min() > 0.7 * per_bucket.mean() and per_bucket.max() < 1.3 * per_bucket.mean()
+    text = train.id_buckets(np.array([f"loan-{i}" for i in range(1000)], dtype=object))
+    assert len(set(text.tolist())) > 500
+    assert train.sampled_buckets(np.array([5, 5, 5, 5]), 12) == 2
+    assert train.sampled_buckets(np.array([5, 5, 5, 5]), 3) == 1  # never an empty sample
+    assert train.sampled_buckets(np.array([5, 5, 5, 5]), 20) == 4
