@@ -7,10 +7,11 @@ such a batch would take over an eighth of the budget), only the needed columns, 
 
 - the quality gate counts every expectation batch by batch and judges the merged counts
   (``quality.validate_stream``: the same verdicts as a whole-window run);
-- training fits XGBoost's external-memory ``ExtMemQuantileDMatrix`` over the record batches; the reference
-  profile's category counts merge across batches, its quantile edges and KS grid stay exact by reading whole
-  numeric columns, as many per pass as half the budget holds (at least one: memory bounded by one column,
-  8 bytes per row);
+- training fits XGBoost's external-memory ``ExtMemQuantileDMatrix`` over the record batches (past
+  ``engine.max_boosting_rows``, over whole buckets of a hash of the id: XGBoost's per-row state stays within
+  half the budget); the reference profile's category counts merge across batches, its quantile edges and KS
+  grid stay exact by reading whole numeric columns, as many per pass as a quarter of the budget holds (at
+  least one: memory bounded by one column, 8 bytes per row);
 - drift merges per-batch summaries (``drift.summarize_batch``), equal to the in-memory comparison;
 - scoring writes predictions as the record batches come (``Lake.write_stream``).
 
