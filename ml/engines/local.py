@@ -270,13 +270,24 @@ class LocalEngine:
         """
         dataset = self.config.dataset
         columns = [dataset.target] + ([dataset.time_column] if dataset.time_column else [])
-        head = self.lake.read(self.table, [newest], columns)
-        labelled = np.flatnonzero(head[dataset.target].notna().to_numpy())
-        if dataset.time_column:
-            order = np.argsort(head[dataset.time_column].to_numpy()[labelled], kind="stable")
+        has_label: list[np.ndarray] = []
+        times: list[np.ndarray] = []
+        # Record batch by record batch: a whole-batch read of even two columns kept several times their size
+        # in Arrow's pool (+114 MiB retained for 1.7M rows).
+        for _, _, record_batch in self.lake.scan(
+            self.table, [newest], columns, self.chunk_rows([newest], columns)
+        ):
+            has_label.append(~pd.isna(record_batch.column(dataset.target).to_numpy(zero_copy_only=False)))
+            if dataset.time_column:
+                times.append(record_batch.column(dataset.time_column).to_numpy(zero_copy_only=False))
+        pa.default_memory_pool().release_unused()
+        found = np.concatenate(has_label) if has_label else np.zeros(0, dtype=bool)
+        labelled = np.flatnonzero(found)
+        if dataset.time_column and times:
+            order = np.argsort(np.concatenate(times)[labelled], kind="stable")
             labelled = labelled[order]
         cut = round(len(labelled) * (1 - self.config.training.holdout_fraction))
-        mask = np.zeros(len(head), dtype=bool)
+        mask = np.zeros(len(found), dtype=bool)
         mask[labelled[:cut]] = True
         return mask, labelled[cut:]
 

@@ -83,6 +83,8 @@ def test_split_equals_local(trained: Any, local: dict[str, Any], spark_home: tup
     )
     assert trained.spec == local["spec"]
     assert trained.lineage["loopline.engine"] == "spark"
+    assert trained.lineage["loopline.boosted_rows"] == str(len(split.train))  # Spark boosts on every row
+    assert trained.lineage["loopline.boosting_sample"] == "all training rows"
 
 
 def _assert_numeric_close(got: dict[str, Any], want: dict[str, Any], tolerance: float) -> None:
