@@ -264,18 +264,19 @@ class FrameIter(xgb.DataIter):
         self._current = None
 
 
-ID_BUCKETS = 1024
+ID_BUCKET_BITS = 10
+ID_BUCKETS = 1 << ID_BUCKET_BITS
 """The buckets a hash of the id splits rows into: a boosting sample is made of whole buckets (1/1024 steps)."""
 
 
 def id_buckets(ids: pd.Series | np.ndarray) -> np.ndarray:
-    """Each row's bucket in ``0 .. ID_BUCKETS - 1``: the top ten bits of a fixed hash of its id.
+    """Each row's bucket in ``0 .. ID_BUCKETS - 1``: the top ``ID_BUCKET_BITS`` bits of a fixed hash of its id.
 
     An id lands in the same bucket on every run and every machine, so whole buckets make a uniform sample of
     rows that a rerun reproduces.
     """
     hashed = pd.util.hash_array(np.asarray(ids))
-    return (hashed >> np.uint64(64 - 10)).astype(np.int64)
+    return (hashed >> np.uint64(64 - ID_BUCKET_BITS)).astype(np.int64)
 
 
 def sampled_buckets(rows_per_bucket: np.ndarray, max_rows: int) -> int:

@@ -353,8 +353,7 @@ class LocalEngine:
             numeric.add(frame)
         numeric.end_pass()
         vocabulary = {column: sorted(found) for column, found in seen.items()}
-        kept = self._boosting_buckets(bucket_rows)
-        boosted = int(bucket_rows[:kept].sum())
+        kept, boosted = self._boosting_buckets(bucket_rows)
 
         def boosting() -> Iterator[pd.DataFrame]:
             if kept == train.ID_BUCKETS:
@@ -414,24 +413,25 @@ class LocalEngine:
             lineage={**self._lineage(True, batches, None), **train.boosting_tags(boosted, kept)},
         )
 
-    def _boosting_buckets(self, bucket_rows: np.ndarray) -> int:
-        """How many id-hash buckets streamed boosting takes: all of them, or as many as
+    def _boosting_buckets(self, bucket_rows: np.ndarray) -> tuple[int, int]:
+        """How many id-hash buckets streamed boosting takes, and their rows: all of them, or as many as
         ``engine.max_boosting_rows`` allows (logged, with how to change it)."""
         engine, rows = self.config.engine, int(bucket_rows.sum())
         limit = engine.max_boosting_rows
         if limit == "auto":
             limit = engine.memory_budget_mb * 2**20 // 2 // XGBOOST_ROW_BYTES
         if limit is None or rows <= limit:
-            return train.ID_BUCKETS
+            return train.ID_BUCKETS, rows
         kept = train.sampled_buckets(bucket_rows, limit)
+        boosted = int(bucket_rows[:kept].sum())
         log.warning(
             "boosting on %d of %d training rows (%.1f%%, %d/%d buckets of a hash of %s; the profile and training "
             "metrics use every row): engine.max_boosting_rows is %s (%d rows; auto is what half of "
             "engine.memory_budget_mb %d holds at %d bytes of XGBoost state per row). Raise the budget or set "
             "max_boosting_rows (null: every row) to boost on more.",
-            int(bucket_rows[:kept].sum()),
+            boosted,
             rows,
-            100 * bucket_rows[:kept].sum() / rows,
+            100 * boosted / rows,
             kept,
             train.ID_BUCKETS,
             self.config.dataset.id_column,
@@ -440,7 +440,7 @@ class LocalEngine:
             engine.memory_budget_mb,
             XGBOOST_ROW_BYTES,
         )
-        return kept
+        return kept, boosted
 
     def _scored_holdout(self, newest: str, positions: np.ndarray, booster: xgb.Booster) -> Holdout:
         """The holdout rows of the newest batch scored by ``booster`` record batch by record batch, in holdout
