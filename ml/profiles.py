@@ -34,10 +34,12 @@ import requests
 
 from ml.config import Paths, load_config
 from ml.stack import (
+    AIRFLOW_API_SERVER,
     AIRFLOW_USER,
     ENV_MLFLOW_ADMIN_PASSWORD,
     ENV_MLFLOW_SECRET_KEY,
     ENV_MLFLOW_SERVICE_PASSWORD,
+    MLFLOW_SERVER,
     Endpoints,
     Stack,
     _alive,
@@ -56,7 +58,6 @@ from ml.stack import (
 )
 
 PROFILES = ("embedded", "prod")
-MLFLOW_SERVER = "mlflow-server"
 # The environment names the prod profile reads (docker/compose.yaml uses the same).
 ENV_DATABASE_URL = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
 ENV_BROKER_URL = "AIRFLOW__CELERY__BROKER_URL"
@@ -397,7 +398,7 @@ def _start_prod(
     airflow = _bin("airflow")
     # The api-server and the workers first: the scheduler only starts once the Execution API is warm, so the
     # first tasks (a scheduled DAG may start at once) do not time out on its lazy start.
-    first = {"airflow-api-server": [airflow, "api-server", "--port", str(airflow_port)]}
+    first = {AIRFLOW_API_SERVER: [airflow, "api-server", "--port", str(airflow_port)]}
     for index in range(1, settings.celery_workers + 1):
         first[f"celery-worker-{index}"] = [
             airflow,

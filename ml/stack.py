@@ -179,7 +179,10 @@ def airflow_env(
     return env
 
 
-STOPPED_LAST = ("airflow-api-server", "mlflow-server", "mlflow-ui")
+AIRFLOW_API_SERVER = "airflow-api-server"
+MLFLOW_SERVER = "mlflow-server"
+MLFLOW_UI = "mlflow-ui"
+STOPPED_LAST = (AIRFLOW_API_SERVER, MLFLOW_SERVER, MLFLOW_UI)
 """Processes ``Stack.terminate`` stops after all others, in this order: the ones the others report to."""
 
 
@@ -317,7 +320,7 @@ def start_airflow(stack: Stack, config_file: Path, port: int) -> Endpoints:
         env,
         port,
         {
-            "airflow-api-server": [airflow, "api-server", "--port", str(port)],
+            AIRFLOW_API_SERVER: [airflow, "api-server", "--port", str(port)],
             "airflow-scheduler": [airflow, "scheduler", "--skip-serve-logs"],
             "airflow-dag-processor": [airflow, "dag-processor"],
         },
@@ -356,7 +359,7 @@ def start_airflow_processes(
 
 def start_mlflow_ui(stack: Stack, tracking_uri: str, port: int) -> str:
     """Serve the MLflow UI over the given store on 127.0.0.1; returns its URL once healthy."""
-    return start_mlflow_server(stack, "mlflow-ui", tracking_uri, port)
+    return start_mlflow_server(stack, MLFLOW_UI, tracking_uri, port)
 
 
 def mlflow_allowed_hosts(port: int, environ: Mapping[str, str] | None = None) -> list[str]:
