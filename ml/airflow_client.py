@@ -123,6 +123,10 @@ class AirflowClient:
     def unpause(self, dag_id: str) -> None:
         self._call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
 
+    def pause(self, dag_id: str) -> None:
+        """Pause the DAG in Airflow: no new run starts (Loopline's own ``retrain pause`` is another switch)."""
+        self._call("PATCH", f"/dags/{dag_id}", json={"is_paused": True})
+
     def trigger(
         self,
         dag_id: str,

@@ -1,14 +1,19 @@
-"""Human approval of a promotion through Airflow's HITL ApprovalOperator, answered over the REST API."""
+"""Human approval of a promotion through Airflow's HITL ApprovalOperator, answered over the REST API; the runs
+are requested with ``loopline retrain --reason`` against the real Airflow (its run note, conf and MLflow tag)."""
 
 from __future__ import annotations
 
+import contextlib
+import getpass
+import io
+import re
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ml import demo_data, registry
+from ml import cli, demo_data, registry
 from ml.airflow_client import AirflowClient
 from ml.stack import Stack, free_port, start_airflow
 
@@ -54,8 +59,24 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         restore.undo()
 
 
+def _retrain(client: AirflowClient, reason: str) -> tuple[str, str]:
+    """``loopline retrain --reason`` against the stack's Airflow (its password found under LOOPLINE_HOME):
+    the run id it printed, and all it printed."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(["retrain", "--reason", reason, "--airflow-url", client.base_url]) == 0
+    found = re.search(r"loopline_train run (\S+) requested: (\S+)", printed.getvalue())
+    assert found, printed.getvalue()
+    assert found.group(2) == f"{client.base_url}/dags/loopline_train/runs/{found.group(1)}"
+    return found.group(1), printed.getvalue()
+
+
 def _review(client: AirflowClient, option: str, reason: str) -> tuple[str, dict]:
-    run_id = client.trigger("loopline_train", {"reason": reason})  # as `loopline retrain --reason` does
+    run_id, printed = _retrain(client, reason)
+    assert "paused" not in printed
+    requested = client.run("loopline_train", run_id)
+    note = f"loopline retrain by {getpass.getuser()}: {reason}"
+    assert requested["note"] == note and requested["conf"] == {"reason": note}
     client.wait_task_state("loopline_train", run_id, "approval", {"awaiting_input"}, timeout=400)
     pending = [p for p in client.pending_reviews() if p["task_instance"]["dag_run_id"] == run_id]
     assert len(pending) == 1
@@ -80,7 +101,7 @@ def test_approve_promotes_then_reject_keeps_the_champion(stack) -> None:
     run_tags = mlflow.MlflowClient().get_run(trained["run_id"]).data.tags
     assert (run_tags["loopline.trigger"], run_tags["loopline.reason"]) == (
         "manual",
-        "labels of 2025-03 corrected",
+        f"loopline retrain by {getpass.getuser()}: labels of 2025-03 corrected",
     )
     link = client.extra_links("loopline_train", run_id, "train")["MLflow run"]
     assert link and link.endswith(f"/runs/{trained['run_id']}") and link.startswith(config.registry.ui_url)
@@ -93,3 +114,11 @@ def test_approve_promotes_then_reject_keeps_the_champion(stack) -> None:
     tags = {v["version"]: v["tags"] for v in registry.versions(config)}
     assert tags["2"]["review"] == "rejected" and tags["2"]["gate"] == "passed"
     assert len(registry.champion_moves(config)) == 1
+
+
+def test_retrain_of_a_dag_paused_in_airflow_says_when_it_starts(stack) -> None:
+    client, _ = stack
+    client.pause("loopline_train")  # the module's last test: its run stays queued until the stack stops
+    run_id, printed = _retrain(client, "after the pause")
+    assert "the DAG loopline_train is paused in Airflow: the run starts once it is unpaused" in printed
+    assert client.run("loopline_train", run_id)["state"] == "queued"

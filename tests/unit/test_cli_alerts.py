@@ -1,5 +1,5 @@
-"""On-call commands: ``loopline alerts list|ack``, ``loopline report`` and ``loopline retrain`` (through a stand-in
-Airflow REST API: the request it sends, and the error when nothing answers)."""
+"""On-call commands: ``loopline alerts list|ack``, ``loopline report`` and ``loopline retrain``'s settings and
+errors (the run it requests from a real Airflow: ``tests/e2e/test_approval.py``)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ import getpass
 import json
 import os
 import socket
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -139,68 +137,6 @@ def test_report_prints_the_newest_or_the_named_batch(paths: Any, capsys: pytest.
     )
 
 
-class _FakeAirflow(BaseHTTPRequestHandler):
-    """The two calls ``loopline retrain`` makes (login, trigger) and the DAG lookup; records each request."""
-
-    requests: ClassVar[list[dict[str, Any]]] = []
-
-    def _answer(self, body: dict[str, Any], status: int = 200) -> None:
-        payload = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _FakeAirflow.requests.append(
-            {"path": self.path, "body": body, "auth": self.headers.get("Authorization")}
-        )
-        if self.path == "/auth/token":
-            self._answer({"access_token": "token-1"}, 201)
-        else:
-            self._answer({"dag_run_id": "manual__2025-08-03T10:00:00+00:00"})
-
-    def do_GET(self) -> None:
-        self._answer({"dag_id": "loopline_train", "is_paused": True})
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def airflow(http_server: Callable[[type[BaseHTTPRequestHandler]], str]) -> str:
-    _FakeAirflow.requests = []
-    return http_server(_FakeAirflow)
-
-
-def test_retrain_triggers_loopline_train_through_the_rest_api(
-    airflow: str, home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("LOOPLINE_AIRFLOW_PASSWORD", "s3cret")
-    monkeypatch.setenv("LOOPLINE_AIRFLOW_URL", airflow)
-    code, out, _ = _run(["retrain", "--end-batch", "2025-08", "--reason", "export fixed"], capsys)
-    assert code == 0
-    login, trigger = _FakeAirflow.requests
-    assert login == {"path": "/auth/token", "body": {"username": "admin", "password": "s3cret"}, "auth": None}
-    assert trigger == {
-        "path": "/api/v2/dags/loopline_train/dagRuns",
-        "body": {
-            "logical_date": None,
-            "conf": {
-                "reason": f"loopline retrain by {getpass.getuser()}: export fixed",
-                "end_batch": "2025-08",
-            },
-            "note": f"loopline retrain by {getpass.getuser()}: export fixed",
-        },
-        "auth": "Bearer token-1",
-    }
-    run_url = f"{airflow}/dags/loopline_train/runs/manual__2025-08-03T10:00:00+00:00"
-    assert f"loopline_train run manual__2025-08-03T10:00:00+00:00 requested: {run_url}" in out
-    assert "is paused in Airflow" in out
-
-
 def test_retrain_without_airflow_names_the_url(
     home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -216,9 +152,8 @@ def test_retrain_without_airflow_names_the_url(
     assert code == 2 and f"no password for the Airflow user admin at {url}" in err
 
 
-def test_retrain_finds_the_airflow_that_up_started(
-    paths: Any, airflow: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_retrain_finds_the_airflow_that_up_started(paths: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    airflow = "http://127.0.0.1:28081"  # only recorded and read back: nothing is asked of it
     from ml.airflow_client import login_settings, record_endpoint
     from ml.stack import airflow_password
 
