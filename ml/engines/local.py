@@ -335,7 +335,7 @@ class LocalEngine:
         numeric = quantiles.StreamedColumns(spec.numeric, profile, budget // 4)
         needed = [*spec.columns, dataset.target]
         with_ids = list(dict.fromkeys([*needed, dataset.id_column]))
-        rows, positives, sample = 0, 0, None
+        sample = None
         bucket_rows = np.zeros(train.ID_BUCKETS, dtype=np.int64)
         bucket_positives = np.zeros(train.ID_BUCKETS, dtype=np.int64)
         counts: dict[str, dict[str, int]] = {column: {} for column in spec.categorical}
@@ -345,7 +345,6 @@ class LocalEngine:
             buckets = train.id_buckets(frame[dataset.id_column])
             bucket_rows += np.bincount(buckets, minlength=train.ID_BUCKETS)
             bucket_positives += np.bincount(buckets, weights=y, minlength=train.ID_BUCKETS).astype(np.int64)
-            rows, positives = rows + len(frame), positives + int(y.sum())
             sample = frame.head(SAMPLE_ROWS)[needed].copy() if sample is None else sample
             for column, found in fit_vocabulary(frame, spec).items():
                 seen[column].update(found)
@@ -353,6 +352,7 @@ class LocalEngine:
             numeric.add(frame)
         numeric.end_pass()
         vocabulary = {column: sorted(found) for column, found in seen.items()}
+        rows = int(bucket_rows.sum())
         kept, boosted = self._boosting_buckets(bucket_rows)
 
         def boosting() -> Iterator[pd.DataFrame]:
